@@ -1,0 +1,295 @@
+//! Letterbox preprocessing, exactly as Ultralytics defines it: scale to fit keeping the aspect ratio, centre,
+//! pad with grey 114, RGB, scaled to 0..1, CHW. [`Letterbox`] is the geometry; it travels with the frame so
+//! boxes found in model coordinates can be mapped back with [`Letterbox::image_from_model`].
+
+use fast_image_resize as fr;
+use half::f16;
+use thiserror::Error;
+
+use crate::BoxXyxy;
+
+/// The grey Ultralytics pads with.
+pub const PAD_VALUE: u8 = 114;
+
+#[derive(Debug, Error)]
+pub enum LetterboxError {
+    #[error("image has zero size ({width}x{height})")]
+    EmptyImage { width: u32, height: u32 },
+    #[error("model input has zero size ({width}x{height})")]
+    EmptyTarget { width: u32, height: u32 },
+    #[error("RGB buffer holds {got} bytes, {width}x{height} needs {want}")]
+    BufferSize { width: u32, height: u32, got: usize, want: usize },
+    #[error("tensor holds {got} elements, 3x{height}x{width} needs {want}")]
+    TensorSize { width: u32, height: u32, got: usize, want: usize },
+    #[error("resize failed: {0}")]
+    Resize(String),
+}
+
+/// Where a `src_w`×`src_h` image lands inside a `dst_w`×`dst_h` model input.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Letterbox {
+    pub src_w: u32,
+    pub src_h: u32,
+    pub dst_w: u32,
+    pub dst_h: u32,
+    /// Model pixels per image pixel along x and y: `new_w / src_w`, `new_h / src_h`. These are the scales
+    /// the resize really applied; Ultralytics' `scale_boxes` uses the unrounded `r` for both and recomputes
+    /// the padding from it, which can put boxes up to ~1.5 image pixels off. We map with what was applied.
+    pub scale_x: f64,
+    pub scale_y: f64,
+    /// Size of the resized image inside the model input.
+    pub new_w: u32,
+    pub new_h: u32,
+    /// Padding on the left and top; odd padding puts the extra pixel right/bottom.
+    pub pad_left: u32,
+    pub pad_top: u32,
+}
+
+impl Letterbox {
+    /// Ultralytics `LetterBox(auto=False, scaleup=True, center=True)`:
+    /// `r = min(dh/h, dw/w)`, `new = round(w*r), round(h*r)` (round half to even, as Python does),
+    /// `left = round(dw/2 - 0.1)`, `top = round(dh/2 - 0.1)`.
+    pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Result<Self, LetterboxError> {
+        if src_w == 0 || src_h == 0 {
+            return Err(LetterboxError::EmptyImage { width: src_w, height: src_h });
+        }
+        if dst_w == 0 || dst_h == 0 {
+            return Err(LetterboxError::EmptyTarget { width: dst_w, height: dst_h });
+        }
+        let scale = (f64::from(dst_h) / f64::from(src_h)).min(f64::from(dst_w) / f64::from(src_w));
+        let fit = |src: u32, dst: u32| ((f64::from(src) * scale).round_ties_even() as u32).clamp(1, dst);
+        let (new_w, new_h) = (fit(src_w, dst_w), fit(src_h, dst_h));
+        // round(d/2 - 0.1) for integer d is floor(d/2).
+        let (pad_left, pad_top) = ((dst_w - new_w) / 2, (dst_h - new_h) / 2);
+        Ok(Self {
+            src_w,
+            src_h,
+            dst_w,
+            dst_h,
+            scale_x: f64::from(new_w) / f64::from(src_w),
+            scale_y: f64::from(new_h) / f64::from(src_h),
+            new_w,
+            new_h,
+            pad_left,
+            pad_top,
+        })
+    }
+
+    /// A point in source-image pixels → model-input pixels.
+    pub fn model_from_image(&self, p: [f32; 2]) -> [f32; 2] {
+        [
+            (f64::from(p[0]) * self.scale_x + f64::from(self.pad_left)) as f32,
+            (f64::from(p[1]) * self.scale_y + f64::from(self.pad_top)) as f32,
+        ]
+    }
+
+    /// A point in model-input pixels → source-image pixels (not clipped).
+    pub fn image_from_model(&self, p: [f32; 2]) -> [f32; 2] {
+        [
+            ((f64::from(p[0]) - f64::from(self.pad_left)) / self.scale_x) as f32,
+            ((f64::from(p[1]) - f64::from(self.pad_top)) / self.scale_y) as f32,
+        ]
+    }
+
+    /// A box in model-input pixels → source-image pixels, clipped to the image.
+    pub fn image_box_from_model(&self, b: BoxXyxy) -> BoxXyxy {
+        let [x1, y1] = self.image_from_model([b[0], b[1]]);
+        let [x2, y2] = self.image_from_model([b[2], b[3]]);
+        let (w, h) = (self.src_w as f32, self.src_h as f32);
+        [x1.clamp(0.0, w), y1.clamp(0.0, h), x2.clamp(0.0, w), y2.clamp(0.0, h)]
+    }
+}
+
+/// An element type a model input can have.
+pub trait TensorElement: Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+}
+
+impl TensorElement for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl TensorElement for f16 {
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+/// Reusable state for [`letterbox_into`]: the resizer and its scratch buffer.
+#[derive(Default)]
+pub struct Preprocessor {
+    resizer: fr::Resizer,
+    resized: Vec<u8>,
+}
+
+impl Preprocessor {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Letterbox a packed RGB8 image (`width*height*3` bytes) into `out`, a CHW tensor of
+    /// `3 * lb.dst_h * lb.dst_w` elements, values in 0..1. Resizing is bilinear with OpenCV's
+    /// `INTER_LINEAR` geometry (half-pixel centres, fixed 2×2 support), as Ultralytics uses.
+    pub fn letterbox_into<T: TensorElement>(
+        &mut self,
+        rgb: &[u8],
+        lb: &Letterbox,
+        out: &mut [T],
+    ) -> Result<(), LetterboxError> {
+        let want = lb.src_w as usize * lb.src_h as usize * 3;
+        if rgb.len() != want {
+            return Err(LetterboxError::BufferSize { width: lb.src_w, height: lb.src_h, got: rgb.len(), want });
+        }
+        let plane = lb.dst_w as usize * lb.dst_h as usize;
+        if out.len() != 3 * plane {
+            return Err(LetterboxError::TensorSize { width: lb.dst_w, height: lb.dst_h, got: out.len(), want: 3 * plane });
+        }
+        let resized: &[u8] = if (lb.new_w, lb.new_h) == (lb.src_w, lb.src_h) {
+            rgb
+        } else {
+            self.resized.resize(lb.new_w as usize * lb.new_h as usize * 3, 0);
+            let src = fr::images::ImageRef::new(lb.src_w, lb.src_h, rgb, fr::PixelType::U8x3)
+                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
+            let mut dst = fr::images::Image::from_slice_u8(lb.new_w, lb.new_h, &mut self.resized, fr::PixelType::U8x3)
+                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
+            let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
+            self.resizer.resize(&src, &mut dst, &opts).map_err(|e| LetterboxError::Resize(e.to_string()))?;
+            &self.resized
+        };
+        write_chw(resized, lb, out);
+        Ok(())
+    }
+}
+
+/// Lookup table u8 → normalised tensor value.
+fn unit_lut<T: TensorElement>() -> [T; 256] {
+    let mut lut = [T::default(); 256];
+    for (i, v) in lut.iter_mut().enumerate() {
+        *v = T::from_f32(i as f32 / 255.0);
+    }
+    lut
+}
+
+/// Pad + HWC→CHW + normalise, from the resized `new_w`×`new_h` RGB8 image.
+fn write_chw<T: TensorElement>(resized: &[u8], lb: &Letterbox, out: &mut [T]) {
+    let lut = unit_lut::<T>();
+    let pad = lut[usize::from(PAD_VALUE)];
+    let (dw, dh) = (lb.dst_w as usize, lb.dst_h as usize);
+    let (nw, left, top) = (lb.new_w as usize, lb.pad_left as usize, lb.pad_top as usize);
+    let plane = dw * dh;
+    let (r_plane, rest) = out.split_at_mut(plane);
+    let (g_plane, b_plane) = rest.split_at_mut(plane);
+    for y in 0..dh {
+        let row = y * dw;
+        let (r, g, b) = (&mut r_plane[row..row + dw], &mut g_plane[row..row + dw], &mut b_plane[row..row + dw]);
+        if y < top || y >= top + lb.new_h as usize {
+            r.fill(pad);
+            g.fill(pad);
+            b.fill(pad);
+            continue;
+        }
+        let src = &resized[(y - top) * nw * 3..(y - top + 1) * nw * 3];
+        for plane_row in [&mut *r, &mut *g, &mut *b] {
+            plane_row[..left].fill(pad);
+            plane_row[left + nw..].fill(pad);
+        }
+        for (x, px) in src.chunks_exact(3).enumerate() {
+            r[left + x] = lut[usize::from(px[0])];
+            g[left + x] = lut[usize::from(px[1])];
+            b[left + x] = lut[usize::from(px[2])];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn geometry_matches_ultralytics_for_landscape_photo() {
+        // person.jpg is 640x424; at 416: r = 0.65, new 416x276 (275.6 -> 276), pad top 70, bottom 70.
+        let lb = Letterbox::new(640, 424, 416, 416).unwrap();
+        assert_eq!((lb.new_w, lb.new_h, lb.pad_left, lb.pad_top), (416, 276, 0, 70));
+    }
+
+    #[test]
+    fn odd_padding_puts_extra_pixel_bottom_right() {
+        // 100x51 into 100x100: new 100x51, 49 rows of padding -> 24 top, 25 bottom.
+        let lb = Letterbox::new(100, 51, 100, 100).unwrap();
+        assert_eq!((lb.new_h, lb.pad_top), (51, 24));
+        let rgb = vec![200u8; 100 * 51 * 3];
+        let mut out = vec![0f32; 3 * 100 * 100];
+        Preprocessor::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
+        let pad = 114.0 / 255.0;
+        let px = |c: usize, y: usize, x: usize| out[c * 10_000 + y * 100 + x];
+        assert_eq!(px(0, 23, 50), pad);
+        assert_eq!(px(0, 24, 50), 200.0 / 255.0);
+        assert_eq!(px(2, 74, 0), 200.0 / 255.0);
+        assert_eq!(px(1, 75, 99), pad);
+        assert_eq!(px(1, 99, 99), pad);
+    }
+
+    #[test]
+    fn channels_are_rgb_planes_and_f16_matches_f32() {
+        let lb = Letterbox::new(2, 2, 2, 2).unwrap();
+        let rgb = [10u8, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120];
+        let mut out = vec![0f32; 12];
+        let mut pre = Preprocessor::new();
+        pre.letterbox_into(&rgb, &lb, &mut out).unwrap();
+        let want: Vec<f32> = [10, 40, 70, 100, 20, 50, 80, 110, 30, 60, 90, 120].iter().map(|v| *v as f32 / 255.0).collect();
+        assert_eq!(out, want);
+        let mut out16 = vec![f16::ZERO; 12];
+        pre.letterbox_into(&rgb, &lb, &mut out16).unwrap();
+        for (a, b) in out16.iter().zip(&want) {
+            assert_eq!(*a, f16::from_f32(*b));
+        }
+    }
+
+    #[test]
+    fn wrong_buffer_sizes_are_errors() {
+        let lb = Letterbox::new(4, 4, 8, 8).unwrap();
+        let mut pre = Preprocessor::new();
+        assert!(matches!(
+            pre.letterbox_into(&[0u8; 5], &lb, &mut [0f32; 192]),
+            Err(LetterboxError::BufferSize { .. })
+        ));
+        assert!(matches!(
+            pre.letterbox_into(&[0u8; 48], &lb, &mut [0f32; 10]),
+            Err(LetterboxError::TensorSize { .. })
+        ));
+        assert!(Letterbox::new(0, 4, 8, 8).is_err());
+        assert!(Letterbox::new(4, 4, 0, 8).is_err());
+    }
+
+    #[test]
+    fn boxes_map_back_and_clip() {
+        let lb = Letterbox::new(640, 424, 416, 416).unwrap();
+        let b = lb.image_box_from_model([-5.0, 60.0, 420.0, 346.0]);
+        assert_eq!(b[0], 0.0);
+        assert_eq!(b[1], 0.0);
+        assert_eq!(b[2], 640.0);
+        assert!((b[3] - 424.0).abs() < 1e-3, "{b:?}");
+    }
+
+    proptest! {
+        #[test]
+        fn image_from_model_inverts_model_from_image(
+            src_w in 1u32..5000, src_h in 1u32..5000, dst in prop::sample::select(vec![160u32, 320, 416, 640, 1280]),
+            fx in 0f32..1.0, fy in 0f32..1.0,
+        ) {
+            let lb = Letterbox::new(src_w, src_h, dst, dst).unwrap();
+            prop_assert!(lb.new_w <= dst && lb.new_h <= dst);
+            prop_assert!(lb.new_w == dst || lb.new_h == dst);
+            let p = [fx * src_w as f32, fy * src_h as f32];
+            let q = lb.image_from_model(lb.model_from_image(p));
+            let tol = 1e-4 * (src_w.max(src_h) as f32).max(1.0);
+            prop_assert!((q[0] - p[0]).abs() <= tol && (q[1] - p[1]).abs() <= tol, "{:?} -> {:?}", p, q);
+            // The image maps inside the model input.
+            let m = lb.model_from_image(p);
+            prop_assert!(m[0] >= 0.0 && m[0] <= dst as f32 + 1e-3 && m[1] >= 0.0 && m[1] <= dst as f32 + 1e-3);
+        }
+    }
+}
