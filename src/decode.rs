@@ -18,7 +18,10 @@ pub enum DecodeError {
     #[error("truncated {0}: the data ends before the end-of-image marker")]
     Truncated(&'static str),
     #[error("corrupt {format}: {reason}")]
-    Corrupt { format: &'static str, reason: String },
+    Corrupt {
+        format: &'static str,
+        reason: String,
+    },
     #[error("image too large: {width}x{height} (limit {MAX_SIDE} per side)")]
     TooLarge { width: u32, height: u32 },
 }
@@ -68,15 +71,30 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     limits.max_alloc = Some(MAX_ALLOC_BYTES);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => DecodeError::TooLarge { width: 0, height: 0 },
-        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => DecodeError::Truncated(name),
-        other => DecodeError::Corrupt { format: name, reason: other.to_string() },
+        image::ImageError::Limits(_) => DecodeError::TooLarge {
+            width: 0,
+            height: 0,
+        },
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated(name)
+        }
+        other => DecodeError::Corrupt {
+            format: name,
+            reason: other.to_string().trim().to_string(),
+        },
     })?;
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 {
-        return Err(DecodeError::Corrupt { format: name, reason: format!("zero-sized image {width}x{height}") });
+        return Err(DecodeError::Corrupt {
+            format: name,
+            reason: format!("zero-sized image {width}x{height}"),
+        });
     }
-    Ok(RgbImage { width, height, data: img.into_rgb8().into_raw() })
+    Ok(RgbImage {
+        width,
+        height,
+        data: img.into_rgb8().into_raw(),
+    })
 }
 
 #[cfg(test)]
@@ -84,7 +102,8 @@ mod tests {
     use super::*;
 
     fn encode(format: ImageFormat, w: u32, h: u32) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).unwrap();
         out.into_inner()
@@ -103,9 +122,15 @@ mod tests {
     #[test]
     fn rejects_bad_inputs_with_named_errors() {
         assert!(matches!(decode_image(&[]), Err(DecodeError::Empty)));
-        assert!(matches!(decode_image(b"hello, world\n"), Err(DecodeError::UnknownFormat(_))));
+        assert!(matches!(
+            decode_image(b"hello, world\n"),
+            Err(DecodeError::UnknownFormat(_))
+        ));
         let jpg = encode(ImageFormat::Jpeg, 64, 64);
-        assert!(matches!(decode_image(&jpg[..jpg.len() / 2]), Err(DecodeError::Truncated("JPEG"))));
+        assert!(matches!(
+            decode_image(&jpg[..jpg.len() / 2]),
+            Err(DecodeError::Truncated("JPEG"))
+        ));
         let png = encode(ImageFormat::Png, 64, 64);
         assert!(decode_image(&png[..png.len() / 2]).is_err());
         let mut corrupt = jpg.clone();

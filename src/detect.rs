@@ -15,7 +15,10 @@ use crate::Detection;
 #[derive(Debug, Error)]
 pub enum DetectError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot decode {path}: {source}")]
     Decode { path: String, source: DecodeError },
     #[error(transparent)]
@@ -37,7 +40,11 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { conf: 0.25, iou: 0.45, max_detections: 300 }
+        Self {
+            conf: 0.25,
+            iou: 0.45,
+            max_detections: 300,
+        }
     }
 }
 
@@ -96,19 +103,30 @@ pub struct ImageDetector {
 impl ImageDetector {
     pub fn new(detector: Detector, thresholds: Thresholds) -> Self {
         let input = InputTensor::for_model(&detector.info);
-        Self { detector, thresholds, pre: Preprocessor::new(), input, candidates: Vec::new() }
+        Self {
+            detector,
+            thresholds,
+            pre: Preprocessor::new(),
+            input,
+            candidates: Vec::new(),
+        }
     }
 
     /// Run the model `n` times on a blank input so that later timings are steady-state.
     pub fn warm_up(&mut self, n: usize) -> Result<(), ModelError> {
         for _ in 0..n {
-            self.detector.infer(&self.input, 1.0, &mut self.candidates)?;
+            self.detector
+                .infer(&self.input, 1.0, &mut self.candidates)?;
         }
         Ok(())
     }
 
     /// Detect on a decoded image. Fills `times` except `decode` and `total`.
-    pub fn detect_rgb(&mut self, rgb: &RgbImage, times: &mut StageTimes) -> Result<Vec<Detection>, DetectError> {
+    pub fn detect_rgb(
+        &mut self,
+        rgb: &RgbImage,
+        times: &mut StageTimes,
+    ) -> Result<Vec<Detection>, DetectError> {
         let t0 = Instant::now();
         let info = &self.detector.info;
         let lb = Letterbox::new(rgb.width, rgb.height, info.input_width, info.input_height)?;
@@ -117,22 +135,43 @@ impl ImageDetector {
             InputTensor::F16(t) => self.pre.letterbox_into(&rgb.data, &lb, t)?,
         }
         let t1 = Instant::now();
-        let it = self.detector.infer(&self.input, self.thresholds.conf, &mut self.candidates)?;
+        let it = self
+            .detector
+            .infer(&self.input, self.thresholds.conf, &mut self.candidates)?;
         let t2 = Instant::now();
-        let dets = finish_detections(&mut self.candidates, &lb, &self.thresholds, &self.detector.info.labels);
+        let dets = finish_detections(
+            &mut self.candidates,
+            &lb,
+            &self.thresholds,
+            &self.detector.info.labels,
+        );
         times.preprocess = ms(t1 - t0);
         times.infer = ms(it.run);
         times.postprocess = ms(it.decode + t2.elapsed());
         Ok(dets)
     }
 
+    /// The input tensor of the last image (what the model saw).
+    pub fn last_input(&self) -> &InputTensor {
+        &self.input
+    }
+
     /// Read, decode and detect one image file.
     pub fn detect_file(&mut self, path: &Path) -> Result<ImageReport, DetectError> {
         let name = path.display().to_string();
         let t0 = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| DetectError::Read { path: name.clone(), source })?;
-        let rgb = decode_image(&bytes).map_err(|source| DetectError::Decode { path: name.clone(), source })?;
-        let mut times = StageTimes { decode: ms(t0.elapsed()), ..Default::default() };
+        let bytes = std::fs::read(path).map_err(|source| DetectError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        let rgb = decode_image(&bytes).map_err(|source| DetectError::Decode {
+            path: name.clone(),
+            source,
+        })?;
+        let mut times = StageTimes {
+            decode: ms(t0.elapsed()),
+            ..Default::default()
+        };
         let detections = self.detect_rgb(&rgb, &mut times)?;
         times.total = ms(t0.elapsed());
         Ok(ImageReport {
@@ -154,9 +193,21 @@ mod tests {
     fn finish_maps_to_image_pixels_and_labels() {
         let lb = Letterbox::new(640, 424, 416, 416).unwrap();
         let mut c = vec![
-            Candidate { class_id: 1, score: 0.9, bbox: [0.0, 70.0, 208.0, 346.0] },
-            Candidate { class_id: 1, score: 0.8, bbox: [1.0, 70.0, 208.0, 346.0] },
-            Candidate { class_id: 5, score: 0.3, bbox: [0.0, 0.0, 10.0, 10.0] },
+            Candidate {
+                class_id: 1,
+                score: 0.9,
+                bbox: [0.0, 70.0, 208.0, 346.0],
+            },
+            Candidate {
+                class_id: 1,
+                score: 0.8,
+                bbox: [1.0, 70.0, 208.0, 346.0],
+            },
+            Candidate {
+                class_id: 5,
+                score: 0.3,
+                bbox: [0.0, 0.0, 10.0, 10.0],
+            },
         ];
         let labels = vec!["a".to_string(), "b".to_string()];
         let d = finish_detections(&mut c, &lb, &Thresholds::default(), &labels);

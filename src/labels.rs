@@ -7,17 +7,30 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum LabelsError {
     #[error("cannot read labels file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("labels file {path} is empty")]
     Empty { path: PathBuf },
 }
 
 /// Read a names file: one label per line, blank lines ignored.
 pub fn read_names_file(path: &Path) -> Result<Vec<String>, LabelsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Read { path: path.to_path_buf(), source })?;
-    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    let text = std::fs::read_to_string(path).map_err(|source| LabelsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     if names.is_empty() {
-        return Err(LabelsError::Empty { path: path.to_path_buf() });
+        return Err(LabelsError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(names)
 }
@@ -45,7 +58,10 @@ pub fn parse_names_metadata(text: &str) -> Option<Vec<String>> {
 
 /// Label for a class id, or `class<N>` when the list does not name it.
 pub fn label_for(labels: &[String], class_id: u32) -> String {
-    labels.get(class_id as usize).cloned().unwrap_or_else(|| format!("class{class_id}"))
+    labels
+        .get(class_id as usize)
+        .cloned()
+        .unwrap_or_else(|| format!("class{class_id}"))
 }
 
 #[cfg(test)]
@@ -66,7 +82,10 @@ mod tests {
         assert_eq!(parse_names_metadata("{0: 'a', 2: 'b'}"), None);
         assert_eq!(parse_names_metadata("{}"), None);
         assert_eq!(parse_names_metadata("[0, 1]"), None);
-        assert_eq!(parse_names_metadata("{0: 'a',}"), Some(vec!["a".to_string()]));
+        assert_eq!(
+            parse_names_metadata("{0: 'a',}"),
+            Some(vec!["a".to_string()])
+        );
     }
 
     #[test]
@@ -79,7 +98,13 @@ mod tests {
         assert_eq!(label_for(&names, 1), "dog");
         assert_eq!(label_for(&names, 7), "class7");
         std::fs::write(&p, "\n").unwrap();
-        assert!(matches!(read_names_file(&p), Err(LabelsError::Empty { .. })));
-        assert!(matches!(read_names_file(&dir.path().join("nope")), Err(LabelsError::Read { .. })));
+        assert!(matches!(
+            read_names_file(&p),
+            Err(LabelsError::Empty { .. })
+        ));
+        assert!(matches!(
+            read_names_file(&dir.path().join("nope")),
+            Err(LabelsError::Read { .. })
+        ));
     }
 }

@@ -18,9 +18,19 @@ pub enum LetterboxError {
     #[error("model input has zero size ({width}x{height})")]
     EmptyTarget { width: u32, height: u32 },
     #[error("RGB buffer holds {got} bytes, {width}x{height} needs {want}")]
-    BufferSize { width: u32, height: u32, got: usize, want: usize },
+    BufferSize {
+        width: u32,
+        height: u32,
+        got: usize,
+        want: usize,
+    },
     #[error("tensor holds {got} elements, 3x{height}x{width} needs {want}")]
-    TensorSize { width: u32, height: u32, got: usize, want: usize },
+    TensorSize {
+        width: u32,
+        height: u32,
+        got: usize,
+        want: usize,
+    },
     #[error("resize failed: {0}")]
     Resize(String),
 }
@@ -51,13 +61,20 @@ impl Letterbox {
     /// `left = round(dw/2 - 0.1)`, `top = round(dh/2 - 0.1)`.
     pub fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Result<Self, LetterboxError> {
         if src_w == 0 || src_h == 0 {
-            return Err(LetterboxError::EmptyImage { width: src_w, height: src_h });
+            return Err(LetterboxError::EmptyImage {
+                width: src_w,
+                height: src_h,
+            });
         }
         if dst_w == 0 || dst_h == 0 {
-            return Err(LetterboxError::EmptyTarget { width: dst_w, height: dst_h });
+            return Err(LetterboxError::EmptyTarget {
+                width: dst_w,
+                height: dst_h,
+            });
         }
         let scale = (f64::from(dst_h) / f64::from(src_h)).min(f64::from(dst_w) / f64::from(src_w));
-        let fit = |src: u32, dst: u32| ((f64::from(src) * scale).round_ties_even() as u32).clamp(1, dst);
+        let fit =
+            |src: u32, dst: u32| ((f64::from(src) * scale).round_ties_even() as u32).clamp(1, dst);
         let (new_w, new_h) = (fit(src_w, dst_w), fit(src_h, dst_h));
         // round(d/2 - 0.1) for integer d is floor(d/2).
         let (pad_left, pad_top) = ((dst_w - new_w) / 2, (dst_h - new_h) / 2);
@@ -96,7 +113,12 @@ impl Letterbox {
         let [x1, y1] = self.image_from_model([b[0], b[1]]);
         let [x2, y2] = self.image_from_model([b[2], b[3]]);
         let (w, h) = (self.src_w as f32, self.src_h as f32);
-        [x1.clamp(0.0, w), y1.clamp(0.0, h), x2.clamp(0.0, w), y2.clamp(0.0, h)]
+        [
+            x1.clamp(0.0, w),
+            y1.clamp(0.0, h),
+            x2.clamp(0.0, w),
+            y2.clamp(0.0, h),
+        ]
     }
 }
 
@@ -140,22 +162,41 @@ impl Preprocessor {
     ) -> Result<(), LetterboxError> {
         let want = lb.src_w as usize * lb.src_h as usize * 3;
         if rgb.len() != want {
-            return Err(LetterboxError::BufferSize { width: lb.src_w, height: lb.src_h, got: rgb.len(), want });
+            return Err(LetterboxError::BufferSize {
+                width: lb.src_w,
+                height: lb.src_h,
+                got: rgb.len(),
+                want,
+            });
         }
         let plane = lb.dst_w as usize * lb.dst_h as usize;
         if out.len() != 3 * plane {
-            return Err(LetterboxError::TensorSize { width: lb.dst_w, height: lb.dst_h, got: out.len(), want: 3 * plane });
+            return Err(LetterboxError::TensorSize {
+                width: lb.dst_w,
+                height: lb.dst_h,
+                got: out.len(),
+                want: 3 * plane,
+            });
         }
         let resized: &[u8] = if (lb.new_w, lb.new_h) == (lb.src_w, lb.src_h) {
             rgb
         } else {
-            self.resized.resize(lb.new_w as usize * lb.new_h as usize * 3, 0);
+            self.resized
+                .resize(lb.new_w as usize * lb.new_h as usize * 3, 0);
             let src = fr::images::ImageRef::new(lb.src_w, lb.src_h, rgb, fr::PixelType::U8x3)
                 .map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            let mut dst = fr::images::Image::from_slice_u8(lb.new_w, lb.new_h, &mut self.resized, fr::PixelType::U8x3)
+            let mut dst = fr::images::Image::from_slice_u8(
+                lb.new_w,
+                lb.new_h,
+                &mut self.resized,
+                fr::PixelType::U8x3,
+            )
+            .map_err(|e| LetterboxError::Resize(e.to_string()))?;
+            let opts = fr::ResizeOptions::new()
+                .resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
+            self.resizer
+                .resize(&src, &mut dst, &opts)
                 .map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
-            self.resizer.resize(&src, &mut dst, &opts).map_err(|e| LetterboxError::Resize(e.to_string()))?;
             &self.resized
         };
         write_chw(resized, lb, out);
@@ -183,7 +224,11 @@ fn write_chw<T: TensorElement>(resized: &[u8], lb: &Letterbox, out: &mut [T]) {
     let (g_plane, b_plane) = rest.split_at_mut(plane);
     for y in 0..dh {
         let row = y * dw;
-        let (r, g, b) = (&mut r_plane[row..row + dw], &mut g_plane[row..row + dw], &mut b_plane[row..row + dw]);
+        let (r, g, b) = (
+            &mut r_plane[row..row + dw],
+            &mut g_plane[row..row + dw],
+            &mut b_plane[row..row + dw],
+        );
         if y < top || y >= top + lb.new_h as usize {
             r.fill(pad);
             g.fill(pad);
@@ -212,7 +257,10 @@ mod tests {
     fn geometry_matches_ultralytics_for_landscape_photo() {
         // person.jpg is 640x424; at 416: r = 0.65, new 416x276 (275.6 -> 276), pad top 70, bottom 70.
         let lb = Letterbox::new(640, 424, 416, 416).unwrap();
-        assert_eq!((lb.new_w, lb.new_h, lb.pad_left, lb.pad_top), (416, 276, 0, 70));
+        assert_eq!(
+            (lb.new_w, lb.new_h, lb.pad_left, lb.pad_top),
+            (416, 276, 0, 70)
+        );
     }
 
     #[test]
@@ -222,7 +270,9 @@ mod tests {
         assert_eq!((lb.new_h, lb.pad_top), (51, 24));
         let rgb = vec![200u8; 100 * 51 * 3];
         let mut out = vec![0f32; 3 * 100 * 100];
-        Preprocessor::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
+        Preprocessor::new()
+            .letterbox_into(&rgb, &lb, &mut out)
+            .unwrap();
         let pad = 114.0 / 255.0;
         let px = |c: usize, y: usize, x: usize| out[c * 10_000 + y * 100 + x];
         assert_eq!(px(0, 23, 50), pad);
@@ -239,7 +289,10 @@ mod tests {
         let mut out = vec![0f32; 12];
         let mut pre = Preprocessor::new();
         pre.letterbox_into(&rgb, &lb, &mut out).unwrap();
-        let want: Vec<f32> = [10, 40, 70, 100, 20, 50, 80, 110, 30, 60, 90, 120].iter().map(|v| *v as f32 / 255.0).collect();
+        let want: Vec<f32> = [10, 40, 70, 100, 20, 50, 80, 110, 30, 60, 90, 120]
+            .iter()
+            .map(|v| *v as f32 / 255.0)
+            .collect();
         assert_eq!(out, want);
         let mut out16 = vec![f16::ZERO; 12];
         pre.letterbox_into(&rgb, &lb, &mut out16).unwrap();

@@ -18,7 +18,11 @@ const EXIT_SETUP: u8 = 3;
 const DEFAULT_MODEL: &str = "models/yolov3-tiny-416.onnx";
 
 #[derive(Parser)]
-#[command(name = "kestrel", version, about = "On-device YOLO object detection for drones")]
+#[command(
+    name = "kestrel",
+    version,
+    about = "On-device YOLO object detection for drones"
+)]
 struct Cli {
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, beside the executable, the project cache, Python onnxruntime).
     #[arg(long, global = true, value_name = "PATH")]
@@ -72,6 +76,9 @@ struct DetectArgs {
     /// Blank inferences before the first image, so per-image times are steady-state.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// Save each image's model input tensor as DIR/<image stem>.npy (what the model saw).
+    #[arg(long, value_name = "DIR")]
+    save_input: Option<PathBuf>,
     /// Pretty-print the JSON.
     #[arg(long)]
     pretty: bool,
@@ -99,7 +106,10 @@ fn resolve_model_path(p: &Path) -> PathBuf {
 fn load_detector(ort_lib: Option<&Path>, m: &ModelArgs) -> anyhow::Result<Detector> {
     let rt = runtime::init(ort_lib)?;
     let model = resolve_model_path(&m.model);
-    let opts = SessionOptions { intra_threads: m.threads, ..Default::default() };
+    let opts = SessionOptions {
+        intra_threads: m.threads,
+        ..Default::default()
+    };
     let detector = Detector::load(rt, &model, m.labels.as_deref(), &opts)?;
     let i = &detector.info;
     log::info!(
@@ -123,7 +133,11 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
             return ExitCode::from(EXIT_SETUP);
         }
     };
-    let thresholds = Thresholds { conf: a.conf, iou: a.iou, max_detections: a.max_det };
+    let thresholds = Thresholds {
+        conf: a.conf,
+        iou: a.iou,
+        max_detections: a.max_det,
+    };
     let mut det = ImageDetector::new(detector, thresholds);
     if let Err(e) = det.warm_up(a.warmup) {
         eprintln!("kestrel: error: warm-up failed: {e}");
@@ -133,16 +147,40 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
     let stdout = std::io::stdout();
     for path in &a.images {
         let line = match det.detect_file(path) {
-            Ok(report) => if a.pretty { serde_json::to_string_pretty(&report) } else { serde_json::to_string(&report) },
+            Ok(report) => {
+                if let Some(dir) = &a.save_input {
+                    let stem = path
+                        .file_stem()
+                        .map_or_else(|| "input".into(), |s| s.to_string_lossy().into_owned());
+                    let file = dir.join(format!("{stem}.npy"));
+                    let info = &det.detector.info;
+                    if let Err(e) =
+                        det.last_input()
+                            .write_npy(&file, info.input_width, info.input_height)
+                    {
+                        eprintln!("kestrel: error: cannot write {}: {e}", file.display());
+                        return ExitCode::from(EXIT_INPUT_ERRORS);
+                    }
+                }
+                if a.pretty {
+                    serde_json::to_string_pretty(&report)
+                } else {
+                    serde_json::to_string(&report)
+                }
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("kestrel: error: {e}");
-                serde_json::to_string(&serde_json::json!({ "image": path.display().to_string(), "error": e.to_string() }))
+                serde_json::to_string(
+                    &serde_json::json!({ "image": path.display().to_string(), "error": e.to_string() }),
+                )
             }
         };
         let written = line.context("serialising the report").and_then(|l| {
             let mut out = stdout.lock();
-            writeln!(out, "{l}").and_then(|()| out.flush()).context("writing to stdout")
+            writeln!(out, "{l}")
+                .and_then(|()| out.flush())
+                .context("writing to stdout")
         });
         if let Err(e) = written {
             eprintln!("kestrel: error: {e:#}");
@@ -158,8 +196,15 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = cli.log.clone().or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "warn,kestrel=info".into());
-    env_logger::Builder::new().parse_filters(&filter).format_timestamp_millis().init();
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "warn,kestrel=info".into());
+    env_logger::Builder::new()
+        .parse_filters(&filter)
+        .format_timestamp_millis()
+        .init();
     match &cli.command {
         Command::Detect(a) => run_detect(cli.ort_lib.as_deref(), a),
     }

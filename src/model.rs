@@ -42,18 +42,12 @@ pub enum Precision {
 }
 
 /// ONNX Runtime session settings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
     /// Intra-op threads; 0 lets ONNX Runtime choose (one per core).
     pub intra_threads: usize,
     /// Let ONNX Runtime's idle worker threads spin (burns CPU other stages could use).
     pub spinning: bool,
-}
-
-impl Default for SessionOptions {
-    fn default() -> Self {
-        Self { intra_threads: 0, spinning: false }
-    }
 }
 
 /// What the loaded model is and how to feed it.
@@ -87,6 +81,31 @@ impl InputTensor {
             Precision::F32 => Self::F32(vec![0.0; n]),
             Precision::F16 => Self::F16(vec![f16::ZERO; n]),
         }
+    }
+}
+
+impl InputTensor {
+    /// Write as a NumPy `.npy` file of shape `[1, 3, height, width]` (what the model saw; for debugging and
+    /// for the reference tests).
+    pub fn write_npy(&self, path: &Path, width: u32, height: u32) -> std::io::Result<()> {
+        let (descr, bytes): (&str, Vec<u8>) = match self {
+            Self::F32(v) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            Self::F16(v) => ("<f2", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        };
+        let mut header = format!(
+            "{{'descr': '{descr}', 'fortran_order': False, 'shape': (1, 3, {height}, {width}), }}"
+        );
+        // Magic (6) + version (2) + length (2) + header must be a multiple of 64, header ends in '\n'.
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = Vec::with_capacity(10 + header.len() + bytes.len());
+        out.extend_from_slice(b"\x93NUMPY\x01\x00");
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&bytes);
+        std::fs::write(path, out)
     }
 }
 
@@ -126,11 +145,19 @@ fn parse_imgsz(text: &str) -> Option<(u32, u32)> {
 
 impl Detector {
     /// Load and validate a YOLO detection model. `labels_path` overrides the labels the model carries.
-    pub fn load(rt: &Runtime, path: &Path, labels_path: Option<&Path>, opts: &SessionOptions) -> Result<Self, ModelError> {
+    pub fn load(
+        rt: &Runtime,
+        path: &Path,
+        labels_path: Option<&Path>,
+        opts: &SessionOptions,
+    ) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::NotFound(path.to_path_buf()));
         }
-        let load_err = |e: &dyn std::fmt::Display| ModelError::Load { path: path.to_path_buf(), reason: e.to_string() };
+        let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
         let mut builder = Session::builder(&rt.env)
             .map_err(|e| load_err(&e))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -140,28 +167,55 @@ impl Detector {
             .with_inter_op_spinning(opts.spinning)
             .map_err(|e| load_err(&e))?;
         if opts.intra_threads > 0 {
-            builder = builder.with_intra_threads(opts.intra_threads).map_err(|e| load_err(&e))?;
+            builder = builder
+                .with_intra_threads(opts.intra_threads)
+                .map_err(|e| load_err(&e))?;
         }
         let session = builder.commit_from_file(path).map_err(|e| load_err(&e))?;
 
-        let input_err = |reason: String| ModelError::Input { path: path.to_path_buf(), reason };
-        let out_err = |reason: String| ModelError::OutputType { path: path.to_path_buf(), reason };
+        let input_err = |reason: String| ModelError::Input {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let out_err = |reason: String| ModelError::OutputType {
+            path: path.to_path_buf(),
+            reason,
+        };
         let [input] = session.inputs() else {
-            return Err(input_err(format!("expected exactly one input, the model has {}", session.inputs().len())));
+            return Err(input_err(format!(
+                "expected exactly one input, the model has {}",
+                session.inputs().len()
+            )));
         };
         let Some(output) = session.outputs().first() else {
             return Err(out_err("the model has no outputs".into()));
         };
-        let (ValueType::Tensor { ty: in_ty, shape: in_shape, .. }, ValueType::Tensor { ty: out_ty, shape: out_shape, .. }) =
-            (input.dtype(), output.dtype())
+        let (
+            ValueType::Tensor {
+                ty: in_ty,
+                shape: in_shape,
+                ..
+            },
+            ValueType::Tensor {
+                ty: out_ty,
+                shape: out_shape,
+                ..
+            },
+        ) = (input.dtype(), output.dtype())
         else {
             return Err(input_err("input and output must be tensors".into()));
         };
         let in_shape: Vec<i64> = in_shape.iter().copied().collect();
-        let input_precision = precision_of(*in_ty)
-            .ok_or_else(|| input_err(format!("element type {in_ty:?}, expected float32 or float16")))?;
-        let output_precision = precision_of(*out_ty)
-            .ok_or_else(|| out_err(format!("element type {out_ty:?}, expected float32 or float16")))?;
+        let input_precision = precision_of(*in_ty).ok_or_else(|| {
+            input_err(format!(
+                "element type {in_ty:?}, expected float32 or float16"
+            ))
+        })?;
+        let output_precision = precision_of(*out_ty).ok_or_else(|| {
+            out_err(format!(
+                "element type {out_ty:?}, expected float32 or float16"
+            ))
+        })?;
 
         let (meta_imgsz, meta_names) = match session.metadata() {
             Ok(m) => (m.custom("imgsz"), m.custom("names")),
@@ -199,16 +253,35 @@ impl Detector {
             input_height,
             input_precision,
             output_precision,
-            layout: OutputLayout::Yolov5 { rows: 0, classes: 0 },
+            layout: OutputLayout::Yolov5 {
+                rows: 0,
+                classes: 0,
+            },
             labels,
             labels_source,
         };
-        let mut detector = Self { session, info: info.clone() };
+        let mut detector = Self {
+            session,
+            info: info.clone(),
+        };
         // A fully static output shape settles the layout; otherwise run once on a blank input and look.
-        let dims = if out_dims.iter().all(|d| *d > 0) { out_dims } else { detector.probe_output_shape()? };
+        let dims = if out_dims.iter().all(|d| *d > 0) {
+            out_dims
+        } else {
+            detector.probe_output_shape()?
+        };
         info.layout = OutputLayout::from_shape(&dims, hint)
-            .or_else(|e| if hint.is_some() { OutputLayout::from_shape(&dims, None).map_err(|_| e) } else { Err(e) })
-            .map_err(|source| ModelError::Output { path: path.to_path_buf(), source })?;
+            .or_else(|e| {
+                if hint.is_some() {
+                    OutputLayout::from_shape(&dims, None).map_err(|_| e)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|source| ModelError::Output {
+                path: path.to_path_buf(),
+                source,
+            })?;
         if !info.labels.is_empty() && info.labels.len() != info.layout.classes() {
             log::warn!(
                 "{} labels from {} but the model has {} classes; unnamed classes are reported as class<N>",
@@ -232,16 +305,23 @@ impl Detector {
         input: &InputTensor,
         f: impl FnOnce(&[i64], OutputSlice<'_>) -> Result<R, ModelError>,
     ) -> Result<R, ModelError> {
-        let shape = [1usize, 3, self.info.input_height as usize, self.info.input_width as usize];
+        let shape = [
+            1usize,
+            3,
+            self.info.input_height as usize,
+            self.info.input_width as usize,
+        ];
         let run_err = |e: ort::Error| ModelError::Run(e.to_string());
         let outputs = match input {
             InputTensor::F32(v) => {
                 let t = TensorRef::from_array_view((shape, v.as_slice())).map_err(run_err)?;
-                self.session.run(ort::inputs![self.info.input_name.as_str() => t])
+                self.session
+                    .run(ort::inputs![self.info.input_name.as_str() => t])
             }
             InputTensor::F16(v) => {
                 let t = TensorRef::from_array_view((shape, v.as_slice())).map_err(run_err)?;
-                self.session.run(ort::inputs![self.info.input_name.as_str() => t])
+                self.session
+                    .run(ort::inputs![self.info.input_name.as_str() => t])
             }
         }
         .map_err(run_err)?;
@@ -261,7 +341,12 @@ impl Detector {
     }
 
     /// Run the model and decode its output into `candidates` (model-input pixels, score > `conf`).
-    pub fn infer(&mut self, input: &InputTensor, conf: f32, candidates: &mut Vec<Candidate>) -> Result<InferTimes, ModelError> {
+    pub fn infer(
+        &mut self,
+        input: &InputTensor,
+        conf: f32,
+        candidates: &mut Vec<Candidate>,
+    ) -> Result<InferTimes, ModelError> {
         let layout = self.info.layout;
         let path = self.info.path.clone();
         let t0 = Instant::now();

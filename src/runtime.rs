@@ -60,7 +60,9 @@ pub enum RuntimeError {
 }
 
 fn not_found_message(attempts: &[Attempt]) -> String {
-    let mut s = String::from("ONNX Runtime (libonnxruntime.so) could not be loaded. Places tried, in order:\n");
+    let mut s = String::from(
+        "ONNX Runtime (libonnxruntime.so) could not be loaded. Places tried, in order:\n",
+    );
     for a in attempts {
         let _ = writeln!(s, "  - {} [{}]: {}", a.path.display(), a.origin, a.outcome);
     }
@@ -89,12 +91,17 @@ pub fn arch() -> &'static str {
 
 /// `.cache/onnxruntime/<version>/<arch>` relative to a project root.
 pub fn cache_subdir() -> PathBuf {
-    Path::new(".cache").join("onnxruntime").join(ORT_VERSION).join(arch())
+    Path::new(".cache")
+        .join("onnxruntime")
+        .join(ORT_VERSION)
+        .join(arch())
 }
 
 /// Every `libonnxruntime.so*` in `dir`, best first: the fully versioned name, then shorter ones.
 fn libs_in(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut v: Vec<PathBuf> = rd
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -104,12 +111,22 @@ fn libs_in(dir: &Path) -> Vec<PathBuf> {
                 .is_some_and(|n| n == "libonnxruntime.so" || n.starts_with("libonnxruntime.so."))
         })
         .collect();
-    v.sort_by(|a, b| b.as_os_str().len().cmp(&a.as_os_str().len()).then_with(|| b.cmp(a)));
+    v.sort_by(|a, b| {
+        b.as_os_str()
+            .len()
+            .cmp(&a.as_os_str().len())
+            .then_with(|| b.cmp(a))
+    });
     v
 }
 
 /// The ordered list of candidate libraries from the search locations (steps 3–5 of the module docs).
-pub fn search_candidates(exe: Option<&Path>, cwd: Option<&Path>, home: Option<&Path>, venv: Option<&Path>) -> Vec<(Origin, PathBuf)> {
+pub fn search_candidates(
+    exe: Option<&Path>,
+    cwd: Option<&Path>,
+    home: Option<&Path>,
+    venv: Option<&Path>,
+) -> Vec<(Origin, PathBuf)> {
     let mut out = Vec::new();
     let exe_dir = exe.and_then(Path::parent);
     if let Some(d) = exe_dir {
@@ -130,16 +147,26 @@ pub fn search_candidates(exe: Option<&Path>, cwd: Option<&Path>, home: Option<&P
     }
     prefixes.extend([PathBuf::from("/usr/local"), PathBuf::from("/usr")]);
     for prefix in prefixes {
-        let Ok(rd) = std::fs::read_dir(prefix.join("lib")) else { continue };
+        let Ok(rd) = std::fs::read_dir(prefix.join("lib")) else {
+            continue;
+        };
         let mut pydirs: Vec<PathBuf> = rd
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
             .collect();
         pydirs.sort();
         for py in pydirs.iter().rev() {
             for pkgs in ["site-packages", "dist-packages"] {
-                push_dir(&mut out, Origin::PythonPackage, &py.join(pkgs).join("onnxruntime").join("capi"));
+                push_dir(
+                    &mut out,
+                    Origin::PythonPackage,
+                    &py.join(pkgs).join("onnxruntime").join("capi"),
+                );
             }
         }
     }
@@ -172,7 +199,9 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
         return Ok(rt);
     }
     let mut attempts = Vec::new();
-    let env_path = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env_path = std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
     let binding: Option<(Origin, PathBuf)> = match (explicit, env_path) {
         (Some(p), _) => Some((Origin::Flag, p.to_path_buf())),
         (None, Some(p)) => Some((Origin::EnvVar, p)),
@@ -185,21 +214,39 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
             let cwd = std::env::current_dir().ok();
             let home = std::env::var_os("HOME").map(PathBuf::from);
             let venv = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from);
-            search_candidates(exe.as_deref(), cwd.as_deref(), home.as_deref(), venv.as_deref())
+            search_candidates(
+                exe.as_deref(),
+                cwd.as_deref(),
+                home.as_deref(),
+                venv.as_deref(),
+            )
         }
     };
     for (origin, path) in candidates {
         match try_load(&path) {
             Ok(()) => {
-                let env = ort::init()
-                    .with_name("kestrel")
-                    .build()
-                    .map_err(|e| RuntimeError::Environment { path: path.clone(), reason: e.to_string() })?;
+                let env = ort::init().with_name("kestrel").build().map_err(|e| {
+                    RuntimeError::Environment {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
                 let version = library_version(&path).unwrap_or_else(|| "unknown".into());
-                log::info!("ONNX Runtime {version} loaded from {} ({origin})", path.display());
-                return Ok(RUNTIME.get_or_init(|| Runtime { library: path, version, env }));
+                log::info!(
+                    "ONNX Runtime {version} loaded from {} ({origin})",
+                    path.display()
+                );
+                return Ok(RUNTIME.get_or_init(|| Runtime {
+                    library: path,
+                    version,
+                    env,
+                }));
             }
-            Err(outcome) => attempts.push(Attempt { origin, path, outcome }),
+            Err(outcome) => attempts.push(Attempt {
+                origin,
+                path,
+                outcome,
+            }),
         }
     }
     Err(RuntimeError::NotFound { attempts })
@@ -245,25 +292,48 @@ mod tests {
 
         let c = search_candidates(Some(&exe_dir.join("kestrel")), None, None, Some(&venv));
         let origins: Vec<&Origin> = c.iter().map(|(o, _)| o).collect();
-        let first_cache = origins.iter().position(|o| **o == Origin::ProjectCache).unwrap();
-        let first_py = origins.iter().position(|o| **o == Origin::PythonPackage).unwrap();
+        let first_cache = origins
+            .iter()
+            .position(|o| **o == Origin::ProjectCache)
+            .unwrap();
+        let first_py = origins
+            .iter()
+            .position(|o| **o == Origin::PythonPackage)
+            .unwrap();
         assert_eq!(origins[0], &Origin::BesideExecutable);
         assert!(first_cache < first_py);
         let found: Vec<&PathBuf> = c.iter().map(|(_, p)| p).filter(|p| p.exists()).collect();
         assert_eq!(found.len(), 3);
-        assert!(found[0].ends_with(format!("libonnxruntime.so.{ORT_VERSION}")), "versioned name first: {found:?}");
+        assert!(
+            found[0].ends_with(format!("libonnxruntime.so.{ORT_VERSION}")),
+            "versioned name first: {found:?}"
+        );
         assert!(found[2].ends_with("capi/libonnxruntime.so.1.20.0"));
     }
 
     #[test]
     fn not_found_message_lists_every_place_and_the_fix() {
         let attempts = vec![
-            Attempt { origin: Origin::EnvVar, path: "/nope/libonnxruntime.so".into(), outcome: "not found".into() },
-            Attempt { origin: Origin::PythonPackage, path: "/usr/lib/x".into(), outcome: "bad ELF".into() },
+            Attempt {
+                origin: Origin::EnvVar,
+                path: "/nope/libonnxruntime.so".into(),
+                outcome: "not found".into(),
+            },
+            Attempt {
+                origin: Origin::PythonPackage,
+                path: "/usr/lib/x".into(),
+                outcome: "bad ELF".into(),
+            },
         ];
         let msg = RuntimeError::NotFound { attempts }.to_string();
-        assert!(msg.contains("/nope/libonnxruntime.so [ORT_DYLIB_PATH]: not found"), "{msg}");
-        assert!(msg.contains("/usr/lib/x [Python onnxruntime package]: bad ELF"), "{msg}");
+        assert!(
+            msg.contains("/nope/libonnxruntime.so [ORT_DYLIB_PATH]: not found"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("/usr/lib/x [Python onnxruntime package]: bad ELF"),
+            "{msg}"
+        );
         assert!(msg.contains("scripts/fetch-onnxruntime.sh"), "{msg}");
     }
 }

@@ -14,7 +14,11 @@ pub enum YoloError {
     #[error("output shape {shape:?} is not a YOLO detection output: expected [1, N, 5+nc] (YOLOv5) or [1, 4+nc, N] (YOLOv8/11){hint}")]
     UnknownLayout { shape: Vec<i64>, hint: String },
     #[error("output holds {got} values, layout {layout:?} needs {want}")]
-    Size { got: usize, want: usize, layout: OutputLayout },
+    Size {
+        got: usize,
+        want: usize,
+        layout: OutputLayout,
+    },
 }
 
 /// How a detection output tensor is laid out.
@@ -31,14 +35,23 @@ impl OutputLayout {
     /// Pick the layout from the output shape. `classes_hint` (from the model's class names, when it has
     /// them) settles shapes that fit both layouts; without it the longer axis is taken as the rows.
     pub fn from_shape(shape: &[i64], classes_hint: Option<usize>) -> Result<Self, YoloError> {
-        let err = |hint: &str| YoloError::UnknownLayout { shape: shape.to_vec(), hint: hint.to_string() };
+        let err = |hint: &str| YoloError::UnknownLayout {
+            shape: shape.to_vec(),
+            hint: hint.to_string(),
+        };
         let (a, b) = match shape {
             [1 | -1, a, b] if *a > 0 && *b > 0 => (*a as usize, *b as usize),
             [_, _, _] => return Err(err(" (dynamic or zero dimensions other than the batch)")),
             _ => return Err(err("")),
         };
-        let v5 = (b >= 6).then(|| Self::Yolov5 { rows: a, classes: b - 5 });
-        let v8 = (a >= 5).then(|| Self::Yolov8 { rows: b, classes: a - 4 });
+        let v5 = (b >= 6).then(|| Self::Yolov5 {
+            rows: a,
+            classes: b - 5,
+        });
+        let v8 = (a >= 5).then(|| Self::Yolov8 {
+            rows: b,
+            classes: a - 4,
+        });
         let chosen = match classes_hint {
             Some(nc) => match (v5, v8) {
                 (Some(l @ Self::Yolov5 { classes, .. }), _) if classes == nc => Some(l),
@@ -116,20 +129,35 @@ pub fn decode<T: OutputElement>(
 ) -> Result<(), YoloError> {
     out.clear();
     if data.len() != layout.len() {
-        return Err(YoloError::Size { got: data.len(), want: layout.len(), layout });
+        return Err(YoloError::Size {
+            got: data.len(),
+            want: layout.len(),
+            layout,
+        });
     }
     match layout {
         OutputLayout::Yolov5 { classes, .. } => {
             for row in data.chunks_exact(5 + classes) {
                 let obj = row[4].to_f32();
-                if !(obj > conf) {
-                    continue; // score = obj * cls <= obj
+                // score = obj * cls <= obj; `<=` is false for NaN, so test the passing case.
+                let obj_passes = obj > conf;
+                if !obj_passes {
+                    continue;
                 }
                 let (best, cls) = argmax(row[5..].iter().map(|v| v.to_f32()));
                 let score = obj * cls;
                 if score > conf {
-                    let b = xyxy(row[0].to_f32(), row[1].to_f32(), row[2].to_f32(), row[3].to_f32());
-                    out.push(Candidate { class_id: best, score, bbox: b });
+                    let b = xyxy(
+                        row[0].to_f32(),
+                        row[1].to_f32(),
+                        row[2].to_f32(),
+                        row[3].to_f32(),
+                    );
+                    out.push(Candidate {
+                        class_id: best,
+                        score,
+                        bbox: b,
+                    });
                 }
             }
         }
@@ -138,7 +166,11 @@ pub fn decode<T: OutputElement>(
             for i in 0..rows {
                 let (best, score) = argmax((0..classes).map(|c| at(4 + c, i)));
                 if score > conf {
-                    out.push(Candidate { class_id: best, score, bbox: xyxy(at(0, i), at(1, i), at(2, i), at(3, i)) });
+                    out.push(Candidate {
+                        class_id: best,
+                        score,
+                        bbox: xyxy(at(0, i), at(1, i), at(2, i), at(3, i)),
+                    });
                 }
             }
         }
@@ -163,10 +195,34 @@ mod tests {
 
     #[test]
     fn layout_from_shape() {
-        assert_eq!(OutputLayout::from_shape(&[1, 25200, 85], None), Ok(OutputLayout::Yolov5 { rows: 25200, classes: 80 }));
-        assert_eq!(OutputLayout::from_shape(&[1, 84, 8400], None), Ok(OutputLayout::Yolov8 { rows: 8400, classes: 80 }));
-        assert_eq!(OutputLayout::from_shape(&[1, 3, 7], Some(2)), Ok(OutputLayout::Yolov5 { rows: 3, classes: 2 }));
-        assert_eq!(OutputLayout::from_shape(&[1, 6, 3], Some(2)), Ok(OutputLayout::Yolov8 { rows: 3, classes: 2 }));
+        assert_eq!(
+            OutputLayout::from_shape(&[1, 25200, 85], None),
+            Ok(OutputLayout::Yolov5 {
+                rows: 25200,
+                classes: 80
+            })
+        );
+        assert_eq!(
+            OutputLayout::from_shape(&[1, 84, 8400], None),
+            Ok(OutputLayout::Yolov8 {
+                rows: 8400,
+                classes: 80
+            })
+        );
+        assert_eq!(
+            OutputLayout::from_shape(&[1, 3, 7], Some(2)),
+            Ok(OutputLayout::Yolov5 {
+                rows: 3,
+                classes: 2
+            })
+        );
+        assert_eq!(
+            OutputLayout::from_shape(&[1, 6, 3], Some(2)),
+            Ok(OutputLayout::Yolov8 {
+                rows: 3,
+                classes: 2
+            })
+        );
         assert!(OutputLayout::from_shape(&[1, 6, 3], Some(5)).is_err());
         assert!(OutputLayout::from_shape(&[1, 85], None).is_err());
         assert!(OutputLayout::from_shape(&[1, 2535, 85, 1], None).is_err());
@@ -177,7 +233,10 @@ mod tests {
 
     #[test]
     fn v5_scores_are_objectness_times_class_and_threshold_is_strict() {
-        let layout = OutputLayout::Yolov5 { rows: 3, classes: 2 };
+        let layout = OutputLayout::Yolov5 {
+            rows: 3,
+            classes: 2,
+        };
         #[rustfmt::skip]
         let data: [f32; 21] = [
             10.0, 20.0, 4.0, 6.0, 0.9, 0.2, 0.8,  // class 1, 0.72
@@ -194,25 +253,42 @@ mod tests {
 
     #[test]
     fn v8_reads_columns() {
-        let layout = OutputLayout::Yolov8 { rows: 2, classes: 2 };
+        let layout = OutputLayout::Yolov8 {
+            rows: 2,
+            classes: 2,
+        };
         // channel-major: cx[2], cy[2], w[2], h[2], c0[2], c1[2]
-        let data: [f32; 12] = [1.0, 100.0, 2.0, 200.0, 2.0, 20.0, 4.0, 40.0, 0.1, 0.3, 0.6, 0.3];
+        let data: [f32; 12] = [
+            1.0, 100.0, 2.0, 200.0, 2.0, 20.0, 4.0, 40.0, 0.1, 0.3, 0.6, 0.3,
+        ];
         let mut out = Vec::new();
         decode(layout, &data, 0.25, &mut out).unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!((out[0].class_id, out[0].score, out[0].bbox), (1, 0.6, [0.0, 0.0, 2.0, 4.0]));
+        assert_eq!(
+            (out[0].class_id, out[0].score, out[0].bbox),
+            (1, 0.6, [0.0, 0.0, 2.0, 4.0])
+        );
         // tie between classes: the first wins
-        assert_eq!((out[1].class_id, out[1].score, out[1].bbox), (0, 0.3, [90.0, 180.0, 110.0, 220.0]));
+        assert_eq!(
+            (out[1].class_id, out[1].score, out[1].bbox),
+            (0, 0.3, [90.0, 180.0, 110.0, 220.0])
+        );
     }
 
     #[test]
     fn nan_and_wrong_sizes() {
-        let layout = OutputLayout::Yolov5 { rows: 1, classes: 1 };
+        let layout = OutputLayout::Yolov5 {
+            rows: 1,
+            classes: 1,
+        };
         let mut out = Vec::new();
         decode(layout, &[0.0, 0.0, 1.0, 1.0, f32::NAN, 1.0], 0.25, &mut out).unwrap();
         assert!(out.is_empty());
         decode(layout, &[0.0, 0.0, 1.0, 1.0, 1.0, f32::NAN], 0.25, &mut out).unwrap();
         assert!(out.is_empty());
-        assert!(matches!(decode(layout, &[0.0f32; 5], 0.25, &mut out), Err(YoloError::Size { .. })));
+        assert!(matches!(
+            decode(layout, &[0.0f32; 5], 0.25, &mut out),
+            Err(YoloError::Size { .. })
+        ));
     }
 }

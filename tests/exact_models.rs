@@ -10,26 +10,46 @@ use kestrel::yolo::OutputLayout;
 use kestrel::Detection;
 
 fn load(name: &str) -> Result<Detector, ModelError> {
-    Detector::load(common::runtime(), &common::fixture(name), None, &SessionOptions::default())
+    Detector::load(
+        common::runtime(),
+        &common::fixture(name),
+        None,
+        &SessionOptions::default(),
+    )
 }
 
 fn detect(name: &str, width: u32, height: u32, thresholds: Thresholds) -> Vec<Detection> {
     let mut d = ImageDetector::new(load(name).unwrap(), thresholds);
-    let img = RgbImage { width, height, data: vec![90; (width * height * 3) as usize] };
+    let img = RgbImage {
+        width,
+        height,
+        data: vec![90; (width * height * 3) as usize],
+    };
     d.detect_rgb(&img, &mut StageTimes::default()).unwrap()
 }
 
 fn summary(d: &[Detection]) -> Vec<(String, f32, [f32; 4])> {
-    d.iter().map(|d| (d.label.clone(), d.score, d.bbox)).collect()
+    d.iter()
+        .map(|d| (d.label.clone(), d.score, d.bbox))
+        .collect()
 }
 
 fn assert_close(got: &[Detection], want: &[(&str, f32, [f32; 4])], tol: f32) {
     assert_eq!(got.len(), want.len(), "got {:?}", summary(got));
     for (g, (label, score, bbox)) in got.iter().zip(want) {
         assert_eq!(g.label, *label, "got {:?}", summary(got));
-        assert!((g.score - score).abs() <= tol, "score {} vs {score}: {:?}", g.score, summary(got));
+        assert!(
+            (g.score - score).abs() <= tol,
+            "score {} vs {score}: {:?}",
+            g.score,
+            summary(got)
+        );
         for k in 0..4 {
-            assert!((g.bbox[k] - bbox[k]).abs() <= tol * 100.0, "box {:?} vs {bbox:?}", g.bbox);
+            assert!(
+                (g.bbox[k] - bbox[k]).abs() <= tol * 100.0,
+                "box {:?} vs {bbox:?}",
+                g.bbox
+            );
         }
     }
 }
@@ -46,23 +66,50 @@ const SQUARE: [(&str, f32, [f32; 4]); 5] = [
 #[test]
 fn yolov5_layout_exact() {
     let d = load("v5_const.onnx").unwrap();
-    assert_eq!(d.info.layout, OutputLayout::Yolov5 { rows: 9, classes: 2 });
+    assert_eq!(
+        d.info.layout,
+        OutputLayout::Yolov5 {
+            rows: 9,
+            classes: 2
+        }
+    );
     assert_eq!(d.info.labels, ["c0", "c1"]);
-    assert_close(&detect("v5_const.onnx", 64, 64, Thresholds::default()), &SQUARE, 1e-6);
+    assert_close(
+        &detect("v5_const.onnx", 64, 64, Thresholds::default()),
+        &SQUARE,
+        1e-6,
+    );
 }
 
 #[test]
 fn yolov8_layout_exact() {
     let d = load("v8_const.onnx").unwrap();
-    assert_eq!(d.info.layout, OutputLayout::Yolov8 { rows: 9, classes: 2 });
-    assert_close(&detect("v8_const.onnx", 64, 64, Thresholds::default()), &SQUARE, 1e-6);
+    assert_eq!(
+        d.info.layout,
+        OutputLayout::Yolov8 {
+            rows: 9,
+            classes: 2
+        }
+    );
+    assert_close(
+        &detect("v8_const.onnx", 64, 64, Thresholds::default()),
+        &SQUARE,
+        1e-6,
+    );
 }
 
 #[test]
 fn fp16_model_gets_fp16_input_and_decodes() {
     let d = load("v5_const_fp16.onnx").unwrap();
-    assert_eq!((d.info.input_precision, d.info.output_precision), (Precision::F16, Precision::F16));
-    assert_close(&detect("v5_const_fp16.onnx", 64, 64, Thresholds::default()), &SQUARE, 1e-3);
+    assert_eq!(
+        (d.info.input_precision, d.info.output_precision),
+        (Precision::F16, Precision::F16)
+    );
+    assert_close(
+        &detect("v5_const_fp16.onnx", 64, 64, Thresholds::default()),
+        &SQUARE,
+        1e-3,
+    );
 }
 
 #[test]
@@ -89,12 +136,40 @@ fn odd_padding_puts_the_extra_row_at_the_bottom() {
 
 #[test]
 fn thresholds_and_caps() {
-    assert!(detect("v5_low.onnx", 64, 64, Thresholds::default()).is_empty(), "all below threshold");
-    assert!(detect("v5_const.onnx", 64, 64, Thresholds { conf: 0.9, ..Default::default() }).is_empty());
-    let top2 = detect("v5_const.onnx", 64, 64, Thresholds { max_detections: 2, ..Default::default() });
+    assert!(
+        detect("v5_low.onnx", 64, 64, Thresholds::default()).is_empty(),
+        "all below threshold"
+    );
+    assert!(detect(
+        "v5_const.onnx",
+        64,
+        64,
+        Thresholds {
+            conf: 0.9,
+            ..Default::default()
+        }
+    )
+    .is_empty());
+    let top2 = detect(
+        "v5_const.onnx",
+        64,
+        64,
+        Thresholds {
+            max_detections: 2,
+            ..Default::default()
+        },
+    );
     assert_close(&top2, &SQUARE[..2], 1e-6);
     // IoU threshold 0.8: row 1 (IoU 0.78 with row 0) and row 8 (IoU 0.71 with row 7) now survive.
-    let loose = detect("v5_const.onnx", 64, 64, Thresholds { iou: 0.8, ..Default::default() });
+    let loose = detect(
+        "v5_const.onnx",
+        64,
+        64,
+        Thresholds {
+            iou: 0.8,
+            ..Default::default()
+        },
+    );
     assert_eq!(loose.len(), 7);
     assert_eq!((loose[1].label.as_str(), loose[1].score), ("c0", 0.8));
 }
@@ -103,7 +178,13 @@ fn thresholds_and_caps() {
 fn dynamic_input_probes_the_output_shape() {
     let d = load("v5_dynamic.onnx").unwrap();
     assert_eq!((d.info.input_width, d.info.input_height), (640, 640));
-    assert_eq!(d.info.layout, OutputLayout::Yolov5 { rows: 9, classes: 2 });
+    assert_eq!(
+        d.info.layout,
+        OutputLayout::Yolov5 {
+            rows: 9,
+            classes: 2
+        }
+    );
 }
 
 #[test]
@@ -115,12 +196,23 @@ fn invalid_models_are_refused_with_the_shapes_named() {
     let m = msg("bad_output_rank.onnx");
     assert!(m.contains("[1, 10]") && m.contains("[1, N, 5+nc]"), "{m}");
     let m = msg("bad_input_rank.onnx");
-    assert!(m.contains("[1, 64, 64]") && m.contains("[1, 3, H, W]"), "{m}");
+    assert!(
+        m.contains("[1, 64, 64]") && m.contains("[1, 3, H, W]"),
+        "{m}"
+    );
     let m = msg("bad_nonsquare_dynamic.onnx");
     assert!(m.contains("[1, 3, -1, 64]"), "{m}");
     let m = msg("bad_input_type.onnx");
     assert!(m.contains("Uint8"), "{m}");
     let missing = common::root().join("tests/fixtures/generated/nope.onnx");
-    let m = Detector::load(common::runtime(), &missing, None, &SessionOptions::default()).err().unwrap().to_string();
+    let m = Detector::load(
+        common::runtime(),
+        &missing,
+        None,
+        &SessionOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(m.contains("nope.onnx") && m.contains("not found"), "{m}");
 }

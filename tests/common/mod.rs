@@ -9,7 +9,11 @@ pub fn root() -> PathBuf {
 }
 
 fn require(p: PathBuf, what: &str) -> PathBuf {
-    assert!(p.exists(), "{what} missing at {}: run scripts/setup.sh first", p.display());
+    assert!(
+        p.exists(),
+        "{what} missing at {}: run scripts/setup.sh first",
+        p.display()
+    );
     p
 }
 
@@ -18,7 +22,10 @@ pub fn runtime() -> &'static kestrel::runtime::Runtime {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    require(root().join("tests/fixtures/generated").join(name), "test fixture")
+    require(
+        root().join("tests/fixtures/generated").join(name),
+        "test fixture",
+    )
 }
 
 pub fn model(name: &str) -> PathBuf {
@@ -31,5 +38,8 @@ pub fn photo(name: &str) -> PathBuf {
     if installed.exists() {
         return installed;
     }
-    require(root().join(".cache/darknet").join(name), "darknet sample photo")
+    require(
+        root().join(".cache/darknet").join(name),
+        "darknet sample photo",
+    )
 }

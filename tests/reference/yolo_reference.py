@@ -73,14 +73,24 @@ def nms(boxes, scores, classes, iou, max_det):
     return kept
 
 
-def detect(session, rgb, conf, iou, max_det, names):
+def preprocess(session, rgb):
+    """Letterboxed model input [1, 3, H, W] in the model's precision, and the letterbox geometry."""
     inp = session.get_inputs()[0]
     _, _, dst_h, dst_w = inp.shape
     img, g = letterbox(rgb, dst_h, dst_w)
     x = img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0
     if inp.type == "tensor(float16)":
         x = x.astype(np.float16)
-    out = session.run(None, {inp.name: x})[0]
+    return x, g
+
+
+def detect(session, rgb, conf, iou, max_det, names):
+    x, g = preprocess(session, rgb)
+    return detect_tensor(session, x, g, conf, iou, max_det, names)
+
+
+def detect_tensor(session, x, g, conf, iou, max_det, names):
+    out = session.run(None, {session.get_inputs()[0].name: x})[0]
     boxes, scores, classes = candidates(out, conf)
     dets = []
     for k in nms(boxes, scores, classes, iou, max_det):

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The full test suite: set-up, formatting and lint gates, Rust unit + integration tests (release build,
+# shared with the binary the Python tests run), then the independent Python reference tests.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+printf '\n== cargo fmt --check\n' >&2
+cargo fmt --all -- --check
+printf '\n== cargo clippy --all-targets -D warnings\n' >&2
+cargo clippy --release --locked --all-targets -- -D warnings
+printf '\n== cargo test (unit + integration)\n' >&2
+cargo test --release --locked
+printf '\n== Python reference tests (OpenCV Darknet importer, independent reference detector, converter)\n' >&2
+PY=$(scripts/python-env.sh)
+cd tests/reference
+KESTREL_BIN="$ROOT/target/release/kestrel" "$PY" -m pytest -q -p no:cacheprovider .

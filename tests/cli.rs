@@ -1,0 +1,193 @@
+//! The `kestrel` binary on bad input: every failure is a clear message and a non-zero exit, never a panic;
+//! good images in the same run are still processed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kestrel() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kestrel"));
+    c.current_dir(common::root())
+        .env_remove("ORT_DYLIB_PATH")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn assert_no_panic(stderr: &str) {
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn bad_images_are_reported_and_good_ones_still_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let jpeg = std::fs::read(common::photo("person.jpg")).unwrap();
+    let mut corrupt = jpeg.clone();
+    corrupt[5000..50_000].fill(0);
+    let files = [
+        write(dir.path(), "truncated.jpg", &jpeg[..jpeg.len() / 2]),
+        write(dir.path(), "corrupt.jpg", &corrupt),
+        write(dir.path(), "notes.txt", b"this is not an image\n"),
+        write(dir.path(), "empty.jpg", b""),
+        common::photo("eagle.jpg"),
+        dir.path().join("does-not-exist.jpg"),
+    ];
+    let out = kestrel().arg("detect").args(&files).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_no_panic(&stderr);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        files.len(),
+        "one JSON object per image: {stdout}"
+    );
+    let err = |i: usize| lines[i]["error"].as_str().unwrap_or_default().to_string();
+    assert!(err(0).contains("truncated JPEG"), "{}", err(0));
+    assert!(err(1).contains("corrupt JPEG"), "{}", err(1));
+    assert!(err(2).contains("not a JPEG or PNG"), "{}", err(2));
+    assert!(err(3).contains("empty input"), "{}", err(3));
+    assert_eq!(lines[4]["detections"][0]["label"], "bird");
+    assert!(
+        err(5).contains("cannot read") && err(5).contains("does-not-exist.jpg"),
+        "{}",
+        err(5)
+    );
+    assert!(stderr.contains("5 of 6 images failed"), "{stderr}");
+}
+
+#[test]
+fn missing_model_is_a_setup_error() {
+    let out = kestrel()
+        .args(["detect", "--model", "/nonexistent/model.onnx"])
+        .arg(common::photo("dog.jpg"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("/nonexistent/model.onnx") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    assert_no_panic(&stderr);
+}
+
+#[test]
+fn model_with_wrong_output_shape_is_refused_naming_the_shapes() {
+    let model = common::fixture("bad_output_rank.onnx");
+    let out = kestrel()
+        .arg("detect")
+        .arg("--model")
+        .arg(&model)
+        .arg(common::photo("dog.jpg"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("[1, 10]")
+            && stderr.contains("[1, N, 5+nc]")
+            && stderr.contains("[1, 4+nc, N]"),
+        "{stderr}"
+    );
+    assert_no_panic(&stderr);
+}
+
+#[test]
+fn missing_runtime_path_is_a_clear_error() {
+    let photo = common::photo("dog.jpg");
+    let out = kestrel()
+        .args(["--ort-lib", "/nonexistent/libonnxruntime.so", "detect"])
+        .arg(&photo)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/libonnxruntime.so [--ort-lib]: not found"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("scripts/fetch-onnxruntime.sh"), "{stderr}");
+    assert_no_panic(&stderr);
+
+    // A file that exists but is not a shared library.
+    let dir = tempfile::tempdir().unwrap();
+    let fake = write(dir.path(), "libonnxruntime.so", b"not an ELF file");
+    let out = kestrel()
+        .env("ORT_DYLIB_PATH", &fake)
+        .arg("detect")
+        .arg(&photo)
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("[ORT_DYLIB_PATH]") && stderr.contains("failed to load"),
+        "{stderr}"
+    );
+    assert_no_panic(&stderr);
+}
+
+#[test]
+fn runtime_search_lists_every_place_tried() {
+    // A copy of the binary outside the project, run from an empty directory with an empty HOME: none of the
+    // search locations has the library (unless the machine has a system-wide Python onnxruntime).
+    for prefix in ["/usr/lib", "/usr/local/lib"] {
+        for entry in std::fs::read_dir(prefix).into_iter().flatten().flatten() {
+            for pkgs in ["site-packages", "dist-packages"] {
+                let capi = entry.path().join(pkgs).join("onnxruntime/capi");
+                assert!(!capi.exists(), "this machine has a system-wide {}: the isolation this test needs is impossible", capi.display());
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("kestrel");
+    std::fs::copy(env!("CARGO_BIN_EXE_kestrel"), &exe).unwrap();
+    let out = Command::new(&exe)
+        .current_dir(dir.path())
+        .env("HOME", dir.path())
+        .env_remove("ORT_DYLIB_PATH")
+        .env_remove("VIRTUAL_ENV")
+        .args(["detect", "x.jpg"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    for place in [
+        "[beside the executable]",
+        "[project cache]",
+        "[Python onnxruntime package]",
+        ".cache/onnxruntime/1.31.1",
+    ] {
+        assert!(stderr.contains(place), "{place} missing from: {stderr}");
+    }
+    assert_no_panic(&stderr);
+}
+
+#[test]
+fn thresholds_are_validated() {
+    let out = kestrel()
+        .args(["detect", "--conf", "1.5", "x.jpg"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("not a number from 0 to 1"), "{stderr}");
+}
