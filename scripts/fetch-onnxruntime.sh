@@ -27,7 +27,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEST=${DEST:-$ROOT/.cache/onnxruntime/$VERSION/$ARCH}
 LIB=$DEST/libonnxruntime.so.$VERSION
 if [ -s "$LIB" ] && [ -s "$LIB.sha256" ] && (cd "$DEST" && sha256sum --quiet -c "libonnxruntime.so.$VERSION.sha256"); then
-  echo "ONNX Runtime $VERSION ($ARCH) already in $DEST"; exit 0
+  echo "ONNX Runtime $VERSION ($ARCH) already in $DEST" >&2; exit 0
 fi
 PIP=$(command -v pip3 || command -v pip || true)
 [ -n "$PIP" ] || { echo "pip is needed (apt-get install python3-pip)" >&2; exit 1; }
@@ -49,4 +49,4 @@ os.replace(os.path.join(dest, os.path.basename(name) + ".tmp"), os.path.join(des
 PY
 (cd "$DEST" && sha256sum "libonnxruntime.so.$VERSION" > "libonnxruntime.so.$VERSION.sha256")
 ln -sf "libonnxruntime.so.$VERSION" "$DEST/libonnxruntime.so"
-echo "ONNX Runtime $VERSION ($ARCH) -> $LIB"
+echo "ONNX Runtime $VERSION ($ARCH) -> $LIB" >&2

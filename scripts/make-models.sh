@@ -47,4 +47,4 @@ for size in "${SIZES[@]}"; do
     fi
   done
 done
-ls -l "$ROOT"/models/*.onnx
+ls -l "$ROOT"/models/*.onnx >&2

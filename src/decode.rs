@@ -22,8 +22,10 @@ pub enum DecodeError {
         format: &'static str,
         reason: String,
     },
-    #[error("image too large: {width}x{height} (limit {MAX_SIDE} per side)")]
-    TooLarge { width: u32, height: u32 },
+    #[error(
+        "image too large (limits: {MAX_SIDE} pixels per side, {MAX_ALLOC_BYTES} bytes decoded)"
+    )]
+    TooLarge,
 }
 
 /// A decoded image, packed RGB8, row-major, no padding.
@@ -71,10 +73,7 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     limits.max_alloc = Some(MAX_ALLOC_BYTES);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => DecodeError::TooLarge {
-            width: 0,
-            height: 0,
-        },
+        image::ImageError::Limits(_) => DecodeError::TooLarge,
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             DecodeError::Truncated(name)
         }
@@ -138,6 +137,39 @@ mod tests {
             *b = 0x5A;
         }
         assert!(decode_image(&corrupt).is_err());
+    }
+
+    #[test]
+    fn refuses_images_beyond_the_size_limit() {
+        // A valid PNG header claiming 20000x20000 pixels: refused before any pixel is allocated.
+        let img = image::GrayImage::new(1, 1);
+        let mut png = Cursor::new(Vec::new());
+        img.write_to(&mut png, ImageFormat::Png).unwrap();
+        let mut png = png.into_inner();
+        png[16..20].copy_from_slice(&20_000u32.to_be_bytes()); // IHDR width
+        png[20..24].copy_from_slice(&20_000u32.to_be_bytes()); // IHDR height
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert!(
+            matches!(decode_image(&png), Err(DecodeError::TooLarge)),
+            "{:?}",
+            decode_image(&png)
+        );
+    }
+
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for b in bytes {
+            crc ^= u32::from(*b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 
     #[test]
