@@ -50,22 +50,36 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     end >= 4 && bytes[end - 2..end] == [0xFF, 0xD9]
 }
 
-/// Decode JPEG or PNG bytes to RGB8 (grey, alpha and 16-bit inputs are converted; alpha is dropped).
-pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+/// An encoded image format Kestrel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoded {
+    Jpeg,
+    Png,
+}
+
+/// Identify JPEG or PNG bytes, refusing empty, unknown and truncated (JPEG without EOI) input.
+pub fn sniff(bytes: &[u8]) -> Result<Encoded, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let format = match image::guess_format(bytes) {
-        Ok(f @ (ImageFormat::Jpeg | ImageFormat::Png)) => f,
+    match image::guess_format(bytes) {
+        Ok(ImageFormat::Jpeg) if jpeg_is_complete(bytes) => Ok(Encoded::Jpeg),
+        Ok(ImageFormat::Jpeg) => Err(DecodeError::Truncated("JPEG")),
+        Ok(ImageFormat::Png) => Ok(Encoded::Png),
         _ => {
             let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            return Err(DecodeError::UnknownFormat(head.join(" ")));
+            Err(DecodeError::UnknownFormat(head.join(" ")))
         }
+    }
+}
+
+/// Decode JPEG or PNG bytes to RGB8 (grey, alpha and 16-bit inputs are converted; alpha is dropped).
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    let format = match sniff(bytes)? {
+        Encoded::Jpeg => ImageFormat::Jpeg,
+        Encoded::Png => ImageFormat::Png,
     };
     let name = format_name(format);
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
-        return Err(DecodeError::Truncated(name));
-    }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);

@@ -4,11 +4,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-use crate::decode::{decode_image, DecodeError, RgbImage};
+use crate::decode::{decode_image, sniff, DecodeError, Encoded, RgbImage};
+use crate::frame::PixelFormat;
 use crate::labels::label_for;
-use crate::letterbox::{Letterbox, LetterboxError, Preprocessor};
+use crate::letterbox::{Letterbox, LetterboxError};
 use crate::model::{Detector, InputTensor, ModelError};
 use crate::nms::nms;
+use crate::preprocess::{FramePreprocessor, Pixels, PreprocessError};
 use crate::yolo::Candidate;
 use crate::Detection;
 
@@ -23,6 +25,8 @@ pub enum DetectError {
     Decode { path: String, source: DecodeError },
     #[error(transparent)]
     Letterbox(#[from] LetterboxError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
     #[error(transparent)]
     Model(#[from] ModelError),
 }
@@ -95,21 +99,23 @@ pub fn finish_detections(
 pub struct ImageDetector {
     pub detector: Detector,
     pub thresholds: Thresholds,
-    pre: Preprocessor,
+    prep: FramePreprocessor,
     input: InputTensor,
     candidates: Vec<Candidate>,
 }
 
 impl ImageDetector {
-    pub fn new(detector: Detector, thresholds: Thresholds) -> Self {
+    pub fn new(detector: Detector, thresholds: Thresholds) -> Result<Self, DetectError> {
         let input = InputTensor::for_model(&detector.info);
-        Self {
+        // Still images: full-resolution decoding, so results don't depend on how large the file is.
+        let prep = FramePreprocessor::new(false)?;
+        Ok(Self {
             detector,
             thresholds,
-            pre: Preprocessor::new(),
+            prep,
             input,
             candidates: Vec::new(),
-        }
+        })
     }
 
     /// Run the model `n` times on a blank input so that later timings are steady-state.
@@ -121,34 +127,56 @@ impl ImageDetector {
         Ok(())
     }
 
-    /// Detect on a decoded image. Fills `times` except `decode` and `total`.
-    pub fn detect_rgb(
+    /// Letterbox `data` (per `format`) into the input tensor, infer, and finish the detections.
+    fn run(
         &mut self,
-        rgb: &RgbImage,
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        data: &[u8],
         times: &mut StageTimes,
-    ) -> Result<Vec<Detection>, DetectError> {
-        let t0 = Instant::now();
-        let info = &self.detector.info;
-        let lb = Letterbox::new(rgb.width, rgb.height, info.input_width, info.input_height)?;
-        match &mut self.input {
-            InputTensor::F32(t) => self.pre.letterbox_into(&rgb.data, &lb, t)?,
-            InputTensor::F16(t) => self.pre.letterbox_into(&rgb.data, &lb, t)?,
-        }
-        let t1 = Instant::now();
+    ) -> Result<(Letterbox, Vec<Detection>), DetectError> {
+        let (w, h) = (
+            self.detector.info.input_width,
+            self.detector.info.input_height,
+        );
+        let lb = self.prep.prepare(
+            Pixels {
+                format,
+                width,
+                height,
+                data,
+            },
+            &mut self.input,
+            w,
+            h,
+        )?;
+        times.decode += ms(self.prep.last_decode);
+        times.preprocess = ms(self.prep.last_letterbox);
         let it = self
             .detector
             .infer(&self.input, self.thresholds.conf, &mut self.candidates)?;
-        let t2 = Instant::now();
+        let t = Instant::now();
         let dets = finish_detections(
             &mut self.candidates,
             &lb,
             &self.thresholds,
             &self.detector.info.labels,
         );
-        times.preprocess = ms(t1 - t0);
         times.infer = ms(it.run);
-        times.postprocess = ms(it.decode + t2.elapsed());
-        Ok(dets)
+        times.postprocess = ms(it.decode + t.elapsed());
+        Ok((lb, dets))
+    }
+
+    /// Detect on a decoded RGB image. Fills `times` except `total`.
+    pub fn detect_rgb(
+        &mut self,
+        rgb: &RgbImage,
+        times: &mut StageTimes,
+    ) -> Result<Vec<Detection>, DetectError> {
+        Ok(self
+            .run(PixelFormat::Rgb, rgb.width, rgb.height, &rgb.data, times)?
+            .1)
     }
 
     /// The input tensor of the last image (what the model saw).
@@ -156,7 +184,7 @@ impl ImageDetector {
         &self.input
     }
 
-    /// Read, decode and detect one image file.
+    /// Read, decode and detect one image file. JPEGs are decoded by libjpeg-turbo, PNGs by `image`.
     pub fn detect_file(&mut self, path: &Path) -> Result<ImageReport, DetectError> {
         let name = path.display().to_string();
         let t0 = Instant::now();
@@ -164,20 +192,41 @@ impl ImageDetector {
             path: name.clone(),
             source,
         })?;
-        let rgb = decode_image(&bytes).map_err(|source| DetectError::Decode {
+        let decode_err = |source| DetectError::Decode {
             path: name.clone(),
             source,
-        })?;
-        let mut times = StageTimes {
-            decode: ms(t0.elapsed()),
-            ..Default::default()
         };
-        let detections = self.detect_rgb(&rgb, &mut times)?;
+        let mut times = StageTimes::default();
+        let (lb, detections) = match sniff(&bytes).map_err(decode_err)? {
+            Encoded::Jpeg => self.run(PixelFormat::Jpeg, 0, 0, &bytes, &mut times),
+            Encoded::Png => {
+                let t = Instant::now();
+                let rgb = decode_image(&bytes).map_err(decode_err)?;
+                times.decode = ms(t.elapsed());
+                self.run(
+                    PixelFormat::Rgb,
+                    rgb.width,
+                    rgb.height,
+                    &rgb.data,
+                    &mut times,
+                )
+            }
+        }
+        .map_err(|e| match e {
+            DetectError::Preprocess(PreprocessError::Jpeg(reason)) => DetectError::Decode {
+                path: name.clone(),
+                source: DecodeError::Corrupt {
+                    format: "JPEG",
+                    reason,
+                },
+            },
+            other => other,
+        })?;
         times.total = ms(t0.elapsed());
         Ok(ImageReport {
             image: name,
-            width: rgb.width,
-            height: rgb.height,
+            width: lb.src_w,
+            height: lb.src_h,
             model: self.detector.info.path.display().to_string(),
             times_ms: times,
             detections,

@@ -160,11 +160,25 @@ impl Preprocessor {
         lb: &Letterbox,
         out: &mut [T],
     ) -> Result<(), LetterboxError> {
-        let want = lb.src_w as usize * lb.src_h as usize * 3;
-        if rgb.len() != want {
+        self.letterbox_scaled_into(rgb, lb.src_w, lb.src_h, lb, out)
+    }
+
+    /// As [`Self::letterbox_into`], for a source that was already downscaled while decoding (JPEG DCT
+    /// scaling): `rgb` is `src_w`×`src_h`, covering the same field of view as the `lb.src_w`×`lb.src_h`
+    /// image that `lb` describes. The output geometry is `lb`'s exactly.
+    pub fn letterbox_scaled_into<T: TensorElement>(
+        &mut self,
+        rgb: &[u8],
+        src_w: u32,
+        src_h: u32,
+        lb: &Letterbox,
+        out: &mut [T],
+    ) -> Result<(), LetterboxError> {
+        let want = src_w as usize * src_h as usize * 3;
+        if rgb.len() != want || src_w == 0 || src_h == 0 {
             return Err(LetterboxError::BufferSize {
-                width: lb.src_w,
-                height: lb.src_h,
+                width: src_w,
+                height: src_h,
                 got: rgb.len(),
                 want,
             });
@@ -178,12 +192,12 @@ impl Preprocessor {
                 want: 3 * plane,
             });
         }
-        let resized: &[u8] = if (lb.new_w, lb.new_h) == (lb.src_w, lb.src_h) {
+        let resized: &[u8] = if (lb.new_w, lb.new_h) == (src_w, src_h) {
             rgb
         } else {
             self.resized
                 .resize(lb.new_w as usize * lb.new_h as usize * 3, 0);
-            let src = fr::images::ImageRef::new(lb.src_w, lb.src_h, rgb, fr::PixelType::U8x3)
+            let src = fr::images::ImageRef::new(src_w, src_h, rgb, fr::PixelType::U8x3)
                 .map_err(|e| LetterboxError::Resize(e.to_string()))?;
             let mut dst = fr::images::Image::from_slice_u8(
                 lb.new_w,

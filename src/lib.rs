@@ -30,3 +30,8 @@ pub struct Detection {
     #[serde(rename = "box")]
     pub bbox: BoxXyxy,
 }
+pub mod config;
+pub mod frame;
+pub mod pool;
+pub mod preprocess;
+pub mod source;

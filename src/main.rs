@@ -138,7 +138,13 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
         iou: a.iou,
         max_detections: a.max_det,
     };
-    let mut det = ImageDetector::new(detector, thresholds);
+    let mut det = match ImageDetector::new(detector, thresholds) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("kestrel: error: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
     if let Err(e) = det.warm_up(a.warmup) {
         eprintln!("kestrel: error: warm-up failed: {e}");
         return ExitCode::from(EXIT_SETUP);

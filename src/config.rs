@@ -1,0 +1,369 @@
+//! Daemon configuration: TOML, `deny_unknown_fields`, defaults for everything, validation errors that name
+//! the file, the field and the reason. CLI flags override fields after loading.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/kestrel/kestrel.toml";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: field `{field}`: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub model: ModelConfig,
+    pub runtime: RuntimeConfig,
+    pub pipeline: PipelineConfig,
+    pub output: OutputConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Image files (a file or a directory of JPEG/PNG files), looped.
+    Images,
+    /// A file of concatenated JPEG frames (what MJPEG cameras produce).
+    #[default]
+    Mjpeg,
+    /// Generated frames with moving shapes, for load tests.
+    Synthetic,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyntheticFormat {
+    #[default]
+    Jpeg,
+    Rgb,
+    Yuyv,
+    Nv12,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// `images`: a file or directory; `mjpeg`: a file. Relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// Frame pacing in frames per second; 0 delivers frames as fast as the pipeline takes them.
+    pub fps_hz: f64,
+    /// Start again at the first frame after the last (`images`, `mjpeg`); otherwise the source ends.
+    pub loop_frames: bool,
+    /// `synthetic`: frame size and pixel format.
+    pub width: u32,
+    pub height: u32,
+    pub format: SyntheticFormat,
+    /// `synthetic`: stop after this many frames (0: never).
+    pub frames: u64,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            kind: SourceKind::Mjpeg,
+            path: PathBuf::from("demo/clip.mjpeg"),
+            fps_hz: 15.0,
+            loop_frames: true,
+            width: 1920,
+            height: 1080,
+            format: SyntheticFormat::Jpeg,
+            frames: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// ONNX model; relative paths are relative to the config file.
+    pub path: PathBuf,
+    /// Class names file (default: the model's `names` metadata).
+    pub labels: Option<PathBuf>,
+    /// Minimum score, 0..1 (strictly greater passes).
+    pub conf: f32,
+    /// NMS IoU threshold, 0..1.
+    pub iou: f32,
+    /// At most this many detections per frame.
+    pub max_detections: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("models/yolov3-tiny-416.onnx"),
+            labels: None,
+            conf: 0.25,
+            iou: 0.45,
+            max_detections: 300,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Path to libonnxruntime.so (default: the search described in the README).
+    pub ort_lib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (0: cores minus preprocessing workers, at least 1).
+    pub intra_threads: usize,
+    /// Let ONNX Runtime's idle threads spin (takes CPU from the preprocessing workers).
+    pub spinning: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Decode + letterbox worker threads (0: a share of the cores that leaves room for inference).
+    pub workers: usize,
+    /// Frames waiting between stages before the oldest is dropped (latest frame wins).
+    pub queue_depth: usize,
+    /// Poll interval of every blocking call, which bounds how fast a stop is noticed.
+    pub poll_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            queue_depth: 1,
+            poll_ms: 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// JSON Lines on standard output.
+    #[default]
+    Stdout,
+    /// JSON Lines appended to `path`.
+    File,
+    /// Discard results (benchmarks).
+    None,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    pub kind: OutputKind,
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How often the metrics summary is logged (0: never).
+    pub log_interval_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            log_interval_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// Parse TOML text; `path` names the file in errors and anchors relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let anchor = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() && base != Path::new("") {
+                *p = base.join(&*p);
+            }
+        };
+        anchor(&mut cfg.source.path);
+        anchor(&mut cfg.model.path);
+        if let Some(p) = cfg.model.labels.as_mut() {
+            anchor(p);
+        }
+        if let Some(p) = cfg.output.path.as_mut() {
+            anchor(p);
+        }
+        if let Some(p) = cfg.runtime.ort_lib.as_mut() {
+            anchor(p);
+        }
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Check every field's range and the combinations that matter.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |field: &str, reason: String| {
+            Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: field.into(),
+                reason,
+            })
+        };
+        let unit = |v: f32| v.is_finite() && (0.0..=1.0).contains(&v);
+        if !unit(self.model.conf) {
+            return bad(
+                "model.conf",
+                format!("{} is not between 0 and 1", self.model.conf),
+            );
+        }
+        if !unit(self.model.iou) {
+            return bad(
+                "model.iou",
+                format!("{} is not between 0 and 1", self.model.iou),
+            );
+        }
+        if self.model.max_detections == 0 {
+            return bad("model.max_detections", "must be at least 1".into());
+        }
+        if !self.source.fps_hz.is_finite()
+            || self.source.fps_hz < 0.0
+            || self.source.fps_hz > 1000.0
+        {
+            return bad(
+                "source.fps_hz",
+                format!("{} is not between 0 and 1000", self.source.fps_hz),
+            );
+        }
+        match self.source.kind {
+            SourceKind::Images | SourceKind::Mjpeg if self.source.path.as_os_str().is_empty() => {
+                return bad("source.path", "required for this source kind".into())
+            }
+            SourceKind::Synthetic => {
+                let (w, h) = (self.source.width, self.source.height);
+                if !(16..=8192).contains(&w)
+                    || !(16..=8192).contains(&h)
+                    || w % 2 != 0
+                    || h % 2 != 0
+                {
+                    return bad(
+                        "source.width",
+                        format!("{w}x{h}: each side must be even and 16..=8192"),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if self.pipeline.queue_depth == 0 || self.pipeline.queue_depth > 64 {
+            return bad(
+                "pipeline.queue_depth",
+                format!("{} is not between 1 and 64", self.pipeline.queue_depth),
+            );
+        }
+        if self.pipeline.workers > 64 {
+            return bad(
+                "pipeline.workers",
+                format!("{} is more than 64", self.pipeline.workers),
+            );
+        }
+        if !(1..=1000).contains(&self.pipeline.poll_ms) {
+            return bad(
+                "pipeline.poll_ms",
+                format!("{} is not between 1 and 1000", self.pipeline.poll_ms),
+            );
+        }
+        if self.output.kind == OutputKind::File && self.output.path.is_none() {
+            return bad("output.path", "required when output.kind = \"file\"".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/kestrel/test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_and_relative_paths_follow_the_file() {
+        let c = parse("").unwrap();
+        assert_eq!(c.model.conf, 0.25);
+        assert_eq!(
+            c.model.path,
+            Path::new("/etc/kestrel/models/yolov3-tiny-416.onnx")
+        );
+        assert_eq!(c.source.kind, SourceKind::Mjpeg);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = parse("[model]\nconfidence = 0.5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/kestrel/test.toml") && e.contains("confidence"),
+            "{e}"
+        );
+        let e = parse("[camera]\n").unwrap_err().to_string();
+        assert!(e.contains("camera"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_file_field_and_reason() {
+        let e = parse("[model]\nconf = 1.5\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config /etc/kestrel/test.toml: field `model.conf`: 1.5 is not between 0 and 1"
+        );
+        let e = parse("[source]\nfps_hz = -1\n").unwrap_err().to_string();
+        assert!(e.contains("`source.fps_hz`"), "{e}");
+        let e = parse("[source]\nkind = \"webcam\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("webcam") && e.contains("kind"), "{e}");
+        let e = parse("[pipeline]\nqueue_depth = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`pipeline.queue_depth`"), "{e}");
+        let e = parse("[output]\nkind = \"file\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`output.path`"), "{e}");
+        let e = parse("[model]\nconf = \"high\"\n").unwrap_err().to_string();
+        assert!(e.contains("conf"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = Config::load(Path::new("/nonexistent/kestrel.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/nonexistent/kestrel.toml") && e.contains("cannot read"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! Frame sources behind one trait, so the V4L2 camera slots in beside the file and synthetic sources.
+
+pub mod images;
+pub mod mjpeg;
+pub mod synthetic;
+
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+use crate::config::{SourceConfig, SourceKind};
+use crate::frame::Frame;
+use crate::pool::{Pool, Pooled};
+
+/// How long any blocking wait inside a source may last before it re-checks the stop flag.
+pub const POLL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("cannot open source {what}: {reason}")]
+    Open { what: String, reason: String },
+    #[error("source {what} failed: {reason}")]
+    Failed { what: String, reason: String },
+}
+
+/// Something that produces frames. `next_frame` blocks until the next frame is due (pacing), but returns
+/// within [`POLL`] of `stop()` turning true. `Ok(None)` means the source has ended (or was stopped).
+pub trait Source: Send {
+    fn name(&self) -> &str;
+    fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError>;
+}
+
+/// Frame buffers in flight at once: capture queue + worker inputs + one being filled, with slack.
+pub fn buffer_pool_size(workers: usize, queue_depth: usize) -> usize {
+    workers + queue_depth + 3
+}
+
+/// Build the source a config describes.
+pub fn open(cfg: &SourceConfig, pool_size: usize) -> Result<Box<dyn Source>, SourceError> {
+    Ok(match cfg.kind {
+        SourceKind::Images => Box::new(images::ImagesSource::open(
+            &cfg.path,
+            cfg.fps_hz,
+            cfg.loop_frames,
+            pool_size,
+        )?),
+        SourceKind::Mjpeg => Box::new(mjpeg::MjpegSource::open(
+            &cfg.path,
+            cfg.fps_hz,
+            cfg.loop_frames,
+            pool_size,
+        )?),
+        SourceKind::Synthetic => Box::new(synthetic::SyntheticSource::new(cfg, pool_size)?),
+    })
+}
+
+/// Frame pacing at a fixed rate on the monotonic clock. Late frames are not made up for: after a stall the
+/// schedule restarts from now, so a source never bursts.
+pub struct Pacer {
+    interval: Option<Duration>,
+    next_due: Option<Instant>,
+}
+
+impl Pacer {
+    pub fn new(fps_hz: f64) -> Self {
+        let interval = (fps_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / fps_hz));
+        Self {
+            interval,
+            next_due: None,
+        }
+    }
+
+    /// Sleep until the next frame is due. Returns false if `stop()` turned true meanwhile.
+    pub fn wait(&mut self, stop: &dyn Fn() -> bool) -> bool {
+        let Some(interval) = self.interval else {
+            return !stop();
+        };
+        let now = Instant::now();
+        let due = match self.next_due {
+            Some(d) if d + interval > now => d,
+            _ => now, // first frame, or we fell more than a frame behind
+        };
+        loop {
+            if stop() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= due {
+                break;
+            }
+            std::thread::sleep((due - now).min(POLL));
+        }
+        self.next_due = Some(due + interval);
+        true
+    }
+}
+
+/// Take a frame buffer, waiting (in [`POLL`] slices) while every buffer is in flight.
+pub(crate) fn take_buffer(
+    pool: &Pool<Vec<u8>>,
+    stop: &dyn Fn() -> bool,
+) -> Option<Pooled<Vec<u8>>> {
+    loop {
+        if stop() {
+            return None;
+        }
+        if let Some(b) = pool.take_timeout(POLL) {
+            return Some(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_keeps_the_rate_and_stops_promptly() {
+        let mut p = Pacer::new(100.0);
+        let t0 = Instant::now();
+        for _ in 0..11 {
+            assert!(p.wait(&|| false));
+        }
+        let e = t0.elapsed();
+        assert!(
+            e >= Duration::from_millis(100) && e < Duration::from_millis(400),
+            "{e:?}"
+        );
+        let mut slow = Pacer::new(0.5);
+        assert!(slow.wait(&|| false));
+        let t0 = Instant::now();
+        assert!(!slow.wait(&|| t0.elapsed() > Duration::from_millis(30)));
+        assert!(t0.elapsed() < Duration::from_millis(200));
+    }
+}
