@@ -19,7 +19,7 @@ fn load(name: &str) -> Result<Detector, ModelError> {
 }
 
 fn detect(name: &str, width: u32, height: u32, thresholds: Thresholds) -> Vec<Detection> {
-    let mut d = ImageDetector::new(load(name).unwrap(), thresholds);
+    let mut d = ImageDetector::new(load(name).unwrap(), thresholds).unwrap();
     let img = RgbImage {
         width,
         height,

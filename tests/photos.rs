@@ -16,7 +16,7 @@ fn run(model: &str, photo: &str) -> ImageReport {
         &SessionOptions::default(),
     )
     .unwrap();
-    let mut d = ImageDetector::new(det, Thresholds::default());
+    let mut d = ImageDetector::new(det, Thresholds::default()).unwrap();
     d.detect_file(&common::photo(photo)).unwrap()
 }
 
