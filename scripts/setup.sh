@@ -48,6 +48,9 @@ ls $PHOTOS >&2
 step "test fixtures"
 "$(scripts/python-env.sh)" tests/fixtures/make_fixtures.py
 
+step "demo clip and benchmark frames"
+"$(scripts/python-env.sh)" scripts/make-media.py
+
 step "build (release)"
 cargo build --release --locked >&2
 echo "set-up complete: $ROOT/target/release/kestrel" >&2

@@ -11,10 +11,7 @@ pub const DEFAULT_PATH: &str = "/etc/kestrel/kestrel.toml";
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("config {path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: field `{field}`: {reason}")]
@@ -162,10 +159,22 @@ pub enum OutputKind {
     None,
 }
 
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// One JSON object per frame (JSON Lines).
+    #[default]
+    Json,
+    /// One human-readable line per frame with live fps.
+    Text,
+}
+
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     pub kind: OutputKind,
+    pub format: OutputFormat,
+    /// Required when `kind = "file"`; relative paths are relative to the config file.
     pub path: Option<PathBuf>,
 }
 
@@ -178,9 +187,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self {
-            log_interval_ms: 5000,
-        }
+        Self { log_interval_ms: 5000 }
     }
 }
 
@@ -232,24 +239,15 @@ impl Config {
         };
         let unit = |v: f32| v.is_finite() && (0.0..=1.0).contains(&v);
         if !unit(self.model.conf) {
-            return bad(
-                "model.conf",
-                format!("{} is not between 0 and 1", self.model.conf),
-            );
+            return bad("model.conf", format!("{} is not between 0 and 1", self.model.conf));
         }
         if !unit(self.model.iou) {
-            return bad(
-                "model.iou",
-                format!("{} is not between 0 and 1", self.model.iou),
-            );
+            return bad("model.iou", format!("{} is not between 0 and 1", self.model.iou));
         }
         if self.model.max_detections == 0 {
             return bad("model.max_detections", "must be at least 1".into());
         }
-        if !self.source.fps_hz.is_finite()
-            || self.source.fps_hz < 0.0
-            || self.source.fps_hz > 1000.0
-        {
+        if !self.source.fps_hz.is_finite() || self.source.fps_hz < 0.0 || self.source.fps_hz > 1000.0 {
             return bad(
                 "source.fps_hz",
                 format!("{} is not between 0 and 1000", self.source.fps_hz),
@@ -261,15 +259,8 @@ impl Config {
             }
             SourceKind::Synthetic => {
                 let (w, h) = (self.source.width, self.source.height);
-                if !(16..=8192).contains(&w)
-                    || !(16..=8192).contains(&h)
-                    || w % 2 != 0
-                    || h % 2 != 0
-                {
-                    return bad(
-                        "source.width",
-                        format!("{w}x{h}: each side must be even and 16..=8192"),
-                    );
+                if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) || w % 2 != 0 || h % 2 != 0 {
+                    return bad("source.width", format!("{w}x{h}: each side must be even and 16..=8192"));
                 }
             }
             _ => {}
@@ -281,10 +272,7 @@ impl Config {
             );
         }
         if self.pipeline.workers > 64 {
-            return bad(
-                "pipeline.workers",
-                format!("{} is more than 64", self.pipeline.workers),
-            );
+            return bad("pipeline.workers", format!("{} is more than 64", self.pipeline.workers));
         }
         if !(1..=1000).contains(&self.pipeline.poll_ms) {
             return bad(
@@ -311,22 +299,14 @@ mod tests {
     fn empty_file_gives_defaults_and_relative_paths_follow_the_file() {
         let c = parse("").unwrap();
         assert_eq!(c.model.conf, 0.25);
-        assert_eq!(
-            c.model.path,
-            Path::new("/etc/kestrel/models/yolov3-tiny-416.onnx")
-        );
+        assert_eq!(c.model.path, Path::new("/etc/kestrel/models/yolov3-tiny-416.onnx"));
         assert_eq!(c.source.kind, SourceKind::Mjpeg);
     }
 
     #[test]
     fn unknown_fields_are_named() {
-        let e = parse("[model]\nconfidence = 0.5\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("/etc/kestrel/test.toml") && e.contains("confidence"),
-            "{e}"
-        );
+        let e = parse("[model]\nconfidence = 0.5\n").unwrap_err().to_string();
+        assert!(e.contains("/etc/kestrel/test.toml") && e.contains("confidence"), "{e}");
         let e = parse("[camera]\n").unwrap_err().to_string();
         assert!(e.contains("camera"), "{e}");
     }
@@ -340,17 +320,11 @@ mod tests {
         );
         let e = parse("[source]\nfps_hz = -1\n").unwrap_err().to_string();
         assert!(e.contains("`source.fps_hz`"), "{e}");
-        let e = parse("[source]\nkind = \"webcam\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[source]\nkind = \"webcam\"\n").unwrap_err().to_string();
         assert!(e.contains("webcam") && e.contains("kind"), "{e}");
-        let e = parse("[pipeline]\nqueue_depth = 0\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[pipeline]\nqueue_depth = 0\n").unwrap_err().to_string();
         assert!(e.contains("`pipeline.queue_depth`"), "{e}");
-        let e = parse("[output]\nkind = \"file\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[output]\nkind = \"file\"\n").unwrap_err().to_string();
         assert!(e.contains("`output.path`"), "{e}");
         let e = parse("[model]\nconf = \"high\"\n").unwrap_err().to_string();
         assert!(e.contains("conf"), "{e}");

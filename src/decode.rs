@@ -18,13 +18,8 @@ pub enum DecodeError {
     #[error("truncated {0}: the data ends before the end-of-image marker")]
     Truncated(&'static str),
     #[error("corrupt {format}: {reason}")]
-    Corrupt {
-        format: &'static str,
-        reason: String,
-    },
-    #[error(
-        "image too large (limits: {MAX_SIDE} pixels per side, {MAX_ALLOC_BYTES} bytes decoded)"
-    )]
+    Corrupt { format: &'static str, reason: String },
+    #[error("image too large (limits: {MAX_SIDE} pixels per side, {MAX_ALLOC_BYTES} bytes decoded)")]
     TooLarge,
 }
 
@@ -115,8 +110,7 @@ mod tests {
     use super::*;
 
     fn encode(format: ImageFormat, w: u32, h: u32) -> Vec<u8> {
-        let img =
-            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 128]));
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).unwrap();
         out.into_inner()

@@ -17,10 +17,7 @@ use crate::Detection;
 #[derive(Debug, Error)]
 pub enum DetectError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot decode {path}: {source}")]
     Decode { path: String, source: DecodeError },
     #[error(transparent)]
@@ -121,8 +118,7 @@ impl ImageDetector {
     /// Run the model `n` times on a blank input so that later timings are steady-state.
     pub fn warm_up(&mut self, n: usize) -> Result<(), ModelError> {
         for _ in 0..n {
-            self.detector
-                .infer(&self.input, 1.0, &mut self.candidates)?;
+            self.detector.infer(&self.input, 1.0, &mut self.candidates)?;
         }
         Ok(())
     }
@@ -136,10 +132,7 @@ impl ImageDetector {
         data: &[u8],
         times: &mut StageTimes,
     ) -> Result<(Letterbox, Vec<Detection>), DetectError> {
-        let (w, h) = (
-            self.detector.info.input_width,
-            self.detector.info.input_height,
-        );
+        let (w, h) = (self.detector.info.input_width, self.detector.info.input_height);
         let lb = self.prep.prepare(
             Pixels {
                 format,
@@ -157,26 +150,15 @@ impl ImageDetector {
             .detector
             .infer(&self.input, self.thresholds.conf, &mut self.candidates)?;
         let t = Instant::now();
-        let dets = finish_detections(
-            &mut self.candidates,
-            &lb,
-            &self.thresholds,
-            &self.detector.info.labels,
-        );
+        let dets = finish_detections(&mut self.candidates, &lb, &self.thresholds, &self.detector.info.labels);
         times.infer = ms(it.run);
         times.postprocess = ms(it.decode + t.elapsed());
         Ok((lb, dets))
     }
 
     /// Detect on a decoded RGB image. Fills `times` except `total`.
-    pub fn detect_rgb(
-        &mut self,
-        rgb: &RgbImage,
-        times: &mut StageTimes,
-    ) -> Result<Vec<Detection>, DetectError> {
-        Ok(self
-            .run(PixelFormat::Rgb, rgb.width, rgb.height, &rgb.data, times)?
-            .1)
+    pub fn detect_rgb(&mut self, rgb: &RgbImage, times: &mut StageTimes) -> Result<Vec<Detection>, DetectError> {
+        Ok(self.run(PixelFormat::Rgb, rgb.width, rgb.height, &rgb.data, times)?.1)
     }
 
     /// The input tensor of the last image (what the model saw).
@@ -203,22 +185,13 @@ impl ImageDetector {
                 let t = Instant::now();
                 let rgb = decode_image(&bytes).map_err(decode_err)?;
                 times.decode = ms(t.elapsed());
-                self.run(
-                    PixelFormat::Rgb,
-                    rgb.width,
-                    rgb.height,
-                    &rgb.data,
-                    &mut times,
-                )
+                self.run(PixelFormat::Rgb, rgb.width, rgb.height, &rgb.data, &mut times)
             }
         }
         .map_err(|e| match e {
             DetectError::Preprocess(PreprocessError::Jpeg(reason)) => DetectError::Decode {
                 path: name.clone(),
-                source: DecodeError::Corrupt {
-                    format: "JPEG",
-                    reason,
-                },
+                source: DecodeError::Corrupt { format: "JPEG", reason },
             },
             other => other,
         })?;

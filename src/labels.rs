@@ -7,10 +7,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum LabelsError {
     #[error("cannot read labels file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("labels file {path} is empty")]
     Empty { path: PathBuf },
 }
@@ -56,6 +53,21 @@ pub fn parse_names_metadata(text: &str) -> Option<Vec<String>> {
     (!names.is_empty()).then_some(names)
 }
 
+/// Label for a class id without allocating per call: the name, or `class<N>` (from a table built once, for
+/// ids below 1000; `class?` beyond).
+pub fn label_for_str(labels: &[String], class_id: u32) -> &str {
+    match labels.get(class_id as usize) {
+        Some(l) => l,
+        None => unnamed(class_id),
+    }
+}
+
+fn unnamed(class_id: u32) -> &'static str {
+    static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| (0..1000).map(|i| format!("class{i}")).collect());
+    names.get(class_id as usize).map_or("class?", String::as_str)
+}
+
 /// Label for a class id, or `class<N>` when the list does not name it.
 pub fn label_for(labels: &[String], class_id: u32) -> String {
     labels
@@ -82,10 +94,7 @@ mod tests {
         assert_eq!(parse_names_metadata("{0: 'a', 2: 'b'}"), None);
         assert_eq!(parse_names_metadata("{}"), None);
         assert_eq!(parse_names_metadata("[0, 1]"), None);
-        assert_eq!(
-            parse_names_metadata("{0: 'a',}"),
-            Some(vec!["a".to_string()])
-        );
+        assert_eq!(parse_names_metadata("{0: 'a',}"), Some(vec!["a".to_string()]));
     }
 
     #[test]
@@ -98,10 +107,7 @@ mod tests {
         assert_eq!(label_for(&names, 1), "dog");
         assert_eq!(label_for(&names, 7), "class7");
         std::fs::write(&p, "\n").unwrap();
-        assert!(matches!(
-            read_names_file(&p),
-            Err(LabelsError::Empty { .. })
-        ));
+        assert!(matches!(read_names_file(&p), Err(LabelsError::Empty { .. })));
         assert!(matches!(
             read_names_file(&dir.path().join("nope")),
             Err(LabelsError::Read { .. })

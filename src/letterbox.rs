@@ -73,8 +73,7 @@ impl Letterbox {
             });
         }
         let scale = (f64::from(dst_h) / f64::from(src_h)).min(f64::from(dst_w) / f64::from(src_w));
-        let fit =
-            |src: u32, dst: u32| ((f64::from(src) * scale).round_ties_even() as u32).clamp(1, dst);
+        let fit = |src: u32, dst: u32| ((f64::from(src) * scale).round_ties_even() as u32).clamp(1, dst);
         let (new_w, new_h) = (fit(src_w, dst_w), fit(src_h, dst_h));
         // round(d/2 - 0.1) for integer d is floor(d/2).
         let (pad_left, pad_top) = ((dst_w - new_w) / 2, (dst_h - new_h) / 2);
@@ -113,12 +112,7 @@ impl Letterbox {
         let [x1, y1] = self.image_from_model([b[0], b[1]]);
         let [x2, y2] = self.image_from_model([b[2], b[3]]);
         let (w, h) = (self.src_w as f32, self.src_h as f32);
-        [
-            x1.clamp(0.0, w),
-            y1.clamp(0.0, h),
-            x2.clamp(0.0, w),
-            y2.clamp(0.0, h),
-        ]
+        [x1.clamp(0.0, w), y1.clamp(0.0, h), x2.clamp(0.0, w), y2.clamp(0.0, h)]
     }
 }
 
@@ -195,19 +189,12 @@ impl Preprocessor {
         let resized: &[u8] = if (lb.new_w, lb.new_h) == (src_w, src_h) {
             rgb
         } else {
-            self.resized
-                .resize(lb.new_w as usize * lb.new_h as usize * 3, 0);
+            self.resized.resize(lb.new_w as usize * lb.new_h as usize * 3, 0);
             let src = fr::images::ImageRef::new(src_w, src_h, rgb, fr::PixelType::U8x3)
                 .map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            let mut dst = fr::images::Image::from_slice_u8(
-                lb.new_w,
-                lb.new_h,
-                &mut self.resized,
-                fr::PixelType::U8x3,
-            )
-            .map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            let opts = fr::ResizeOptions::new()
-                .resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
+            let mut dst = fr::images::Image::from_slice_u8(lb.new_w, lb.new_h, &mut self.resized, fr::PixelType::U8x3)
+                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
+            let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
             self.resizer
                 .resize(&src, &mut dst, &opts)
                 .map_err(|e| LetterboxError::Resize(e.to_string()))?;
@@ -271,10 +258,7 @@ mod tests {
     fn geometry_matches_ultralytics_for_landscape_photo() {
         // person.jpg is 640x424; at 416: r = 0.65, new 416x276 (275.6 -> 276), pad top 70, bottom 70.
         let lb = Letterbox::new(640, 424, 416, 416).unwrap();
-        assert_eq!(
-            (lb.new_w, lb.new_h, lb.pad_left, lb.pad_top),
-            (416, 276, 0, 70)
-        );
+        assert_eq!((lb.new_w, lb.new_h, lb.pad_left, lb.pad_top), (416, 276, 0, 70));
     }
 
     #[test]
@@ -284,9 +268,7 @@ mod tests {
         assert_eq!((lb.new_h, lb.pad_top), (51, 24));
         let rgb = vec![200u8; 100 * 51 * 3];
         let mut out = vec![0f32; 3 * 100 * 100];
-        Preprocessor::new()
-            .letterbox_into(&rgb, &lb, &mut out)
-            .unwrap();
+        Preprocessor::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
         let pad = 114.0 / 255.0;
         let px = |c: usize, y: usize, x: usize| out[c * 10_000 + y * 100 + x];
         assert_eq!(px(0, 23, 50), pad);

@@ -30,8 +30,13 @@ pub struct Detection {
     #[serde(rename = "box")]
     pub bbox: BoxXyxy,
 }
+pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod frame;
+pub mod metrics;
+pub mod pipeline;
 pub mod pool;
 pub mod preprocess;
+pub mod sink;
 pub mod source;

@@ -5,24 +5,32 @@ use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use kestrel::detect::{ImageDetector, Thresholds};
 use kestrel::model::{Detector, SessionOptions};
 use kestrel::runtime;
 
+/// `eprintln!` that never panics (stderr may be a closed pipe).
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Exit code when some inputs failed but the command ran.
 const EXIT_INPUT_ERRORS: u8 = 1;
-/// Exit code when the command could not start (runtime, model, labels).
+/// Exit code when the command could not start (runtime, model, labels, source).
 const EXIT_SETUP: u8 = 3;
+/// Exit code for an invalid configuration (sysexits EX_CONFIG; systemd should not restart on it).
+const EXIT_CONFIG: u8 = 78;
 
 const DEFAULT_MODEL: &str = "models/yolov3-tiny-416.onnx";
 
 #[derive(Parser)]
-#[command(
-    name = "kestrel",
-    version,
-    about = "On-device YOLO object detection for drones"
-)]
+#[command(name = "kestrel", version, about = "On-device YOLO object detection for drones")]
 struct Cli {
     /// Path to libonnxruntime.so (else ORT_DYLIB_PATH, beside the executable, the project cache, Python onnxruntime).
     #[arg(long, global = true, value_name = "PATH")]
@@ -38,6 +46,43 @@ struct Cli {
 enum Command {
     /// Detect objects in image files (JPEG, PNG); prints one JSON object per image.
     Detect(DetectArgs),
+    /// Run the streaming detector (the daemon) as configured.
+    Run(RunArgs),
+    /// Validate a configuration file without running.
+    CheckConfig(ConfigArgs),
+    /// Measure bare inference, preprocessing and the full pipeline, interleaved.
+    Bench(kestrel::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Configuration file.
+    #[arg(long, short, value_name = "PATH", default_value = kestrel::config::DEFAULT_PATH)]
+    config: PathBuf,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Override source.path (an .mjpeg file, an image file or a directory of images; the kind follows).
+    #[arg(long, value_name = "PATH")]
+    source: Option<PathBuf>,
+    /// Override source.fps_hz (0: as fast as possible).
+    #[arg(long)]
+    fps: Option<f64>,
+    /// Override model.path.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Override model.conf.
+    #[arg(long, value_parser = unit_interval)]
+    conf: Option<f32>,
+    /// Override output.format.
+    #[arg(long, value_name = "json|text")]
+    format: Option<String>,
+    /// Stop after this many published frames.
+    #[arg(long, value_name = "N")]
+    max_frames: Option<u64>,
 }
 
 fn unit_interval(s: &str) -> Result<f32, String> {
@@ -129,7 +174,7 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
     let detector = match load_detector(cli_ort, &a.model) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("kestrel: error: {e:#}");
+            report!("kestrel: error: {e:#}");
             return ExitCode::from(EXIT_SETUP);
         }
     };
@@ -141,12 +186,12 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
     let mut det = match ImageDetector::new(detector, thresholds) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("kestrel: error: {e}");
+            report!("kestrel: error: {e}");
             return ExitCode::from(EXIT_SETUP);
         }
     };
     if let Err(e) = det.warm_up(a.warmup) {
-        eprintln!("kestrel: error: warm-up failed: {e}");
+        report!("kestrel: error: warm-up failed: {e}");
         return ExitCode::from(EXIT_SETUP);
     }
     let mut failed = 0usize;
@@ -160,11 +205,8 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
                         .map_or_else(|| "input".into(), |s| s.to_string_lossy().into_owned());
                     let file = dir.join(format!("{stem}.npy"));
                     let info = &det.detector.info;
-                    if let Err(e) =
-                        det.last_input()
-                            .write_npy(&file, info.input_width, info.input_height)
-                    {
-                        eprintln!("kestrel: error: cannot write {}: {e}", file.display());
+                    if let Err(e) = det.last_input().write_npy(&file, info.input_width, info.input_height) {
+                        report!("kestrel: error: cannot write {}: {e}", file.display());
                         return ExitCode::from(EXIT_INPUT_ERRORS);
                     }
                 }
@@ -176,7 +218,7 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("kestrel: error: {e}");
+                report!("kestrel: error: {e}");
                 serde_json::to_string(
                     &serde_json::json!({ "image": path.display().to_string(), "error": e.to_string() }),
                 )
@@ -189,15 +231,127 @@ fn run_detect(cli_ort: Option<&Path>, a: &DetectArgs) -> ExitCode {
                 .context("writing to stdout")
         });
         if let Err(e) = written {
-            eprintln!("kestrel: error: {e:#}");
+            report!("kestrel: error: {e:#}");
             return ExitCode::from(EXIT_INPUT_ERRORS);
         }
     }
     if failed > 0 {
-        eprintln!("kestrel: {failed} of {} images failed", a.images.len());
+        report!("kestrel: {failed} of {} images failed", a.images.len());
         return ExitCode::from(EXIT_INPUT_ERRORS);
     }
     ExitCode::SUCCESS
+}
+
+fn load_config(a: &ConfigArgs) -> Result<kestrel::config::Config, ExitCode> {
+    kestrel::config::Config::load(&a.config).map_err(|e| {
+        report!("kestrel: error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn run_check_config(a: &ConfigArgs) -> ExitCode {
+    let cfg = match load_config(a) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut problems = Vec::new();
+    if !cfg.model.path.is_file() {
+        problems.push(format!("model.path: {} does not exist", cfg.model.path.display()));
+    }
+    if cfg.source.kind != kestrel::config::SourceKind::Synthetic && !cfg.source.path.exists() {
+        problems.push(format!("source.path: {} does not exist", cfg.source.path.display()));
+    }
+    if problems.is_empty() {
+        let _ = writeln!(std::io::stdout(), "{}: OK", a.config.display());
+        ExitCode::SUCCESS
+    } else {
+        for p in problems {
+            report!("kestrel: error: config {}: field `{p}`", a.config.display());
+        }
+        ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
+    use kestrel::config::{OutputFormat, SourceKind};
+    let mut cfg = match load_config(&a.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(p) = &a.source {
+        cfg.source.kind = if p
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mjpeg") || e.eq_ignore_ascii_case("mjpg"))
+        {
+            SourceKind::Mjpeg
+        } else {
+            SourceKind::Images
+        };
+        cfg.source.path = p.clone();
+    }
+    if let Some(f) = a.fps {
+        cfg.source.fps_hz = f;
+    }
+    if let Some(m) = &a.model {
+        cfg.model.path = m.clone();
+    }
+    if let Some(c) = a.conf {
+        cfg.model.conf = c;
+    }
+    match a.format.as_deref() {
+        None => {}
+        Some("json") => cfg.output.format = OutputFormat::Json,
+        Some("text") => cfg.output.format = OutputFormat::Text,
+        Some(other) => {
+            report!("kestrel: error: --format {other}: expected json or text");
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(e) = cfg.validate(&a.config.config) {
+        report!("kestrel: error: {e} (after command-line overrides)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            report!("kestrel: error: cannot install signal handler: {e}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    }
+    let started = match kestrel::daemon::start(&cfg, cli_ort, stop.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            report!("kestrel: error: {e:#}");
+            return ExitCode::from(EXIT_SETUP);
+        }
+    };
+    if let Some(n) = a.max_frames {
+        let (m, stop) = (started.metrics.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) && m.published_total() < n {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let every =
+        (cfg.metrics.log_interval_ms > 0).then(|| std::time::Duration::from_millis(cfg.metrics.log_interval_ms));
+    let metrics = started.metrics.clone();
+    match started.wait(every) {
+        Ok(s) => {
+            log::info!(
+                "stopped after {:.1} s ({}): {}",
+                s.elapsed.as_secs_f64(),
+                if s.stopped { "stop requested" } else { "source ended" },
+                metrics.snapshot()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report!("kestrel: error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -213,5 +367,8 @@ fn main() -> ExitCode {
         .init();
     match &cli.command {
         Command::Detect(a) => run_detect(cli.ort_lib.as_deref(), a),
+        Command::Run(a) => run_daemon(cli.ort_lib.as_deref(), a),
+        Command::CheckConfig(a) => run_check_config(a),
+        Command::Bench(a) => kestrel::bench::run(cli.ort_lib.as_deref(), a),
     }
 }

@@ -92,9 +92,8 @@ impl InputTensor {
             Self::F32(v) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             Self::F16(v) => ("<f2", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         };
-        let mut header = format!(
-            "{{'descr': '{descr}', 'fortran_order': False, 'shape': (1, 3, {height}, {width}), }}"
-        );
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1, 3, {height}, {width}), }}");
         // Magic (6) + version (2) + length (2) + header must be a multiple of 64, header ends in '\n'.
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
@@ -206,16 +205,10 @@ impl Detector {
             return Err(input_err("input and output must be tensors".into()));
         };
         let in_shape: Vec<i64> = in_shape.iter().copied().collect();
-        let input_precision = precision_of(*in_ty).ok_or_else(|| {
-            input_err(format!(
-                "element type {in_ty:?}, expected float32 or float16"
-            ))
-        })?;
-        let output_precision = precision_of(*out_ty).ok_or_else(|| {
-            out_err(format!(
-                "element type {out_ty:?}, expected float32 or float16"
-            ))
-        })?;
+        let input_precision = precision_of(*in_ty)
+            .ok_or_else(|| input_err(format!("element type {in_ty:?}, expected float32 or float16")))?;
+        let output_precision = precision_of(*out_ty)
+            .ok_or_else(|| out_err(format!("element type {out_ty:?}, expected float32 or float16")))?;
 
         let (meta_imgsz, meta_names) = match session.metadata() {
             Ok(m) => (m.custom("imgsz"), m.custom("names")),
@@ -224,7 +217,10 @@ impl Detector {
         let (input_height, input_width) = match in_shape[..] {
             [1 | -1, 3, h, w] if h > 0 && w > 0 => (h as u32, w as u32),
             [1 | -1, 3, -1, -1] => {
-                let (h, w) = meta_imgsz.as_deref().and_then(parse_imgsz).unwrap_or((DEFAULT_DYNAMIC_SIZE, DEFAULT_DYNAMIC_SIZE));
+                let (h, w) = meta_imgsz
+                    .as_deref()
+                    .and_then(parse_imgsz)
+                    .unwrap_or((DEFAULT_DYNAMIC_SIZE, DEFAULT_DYNAMIC_SIZE));
                 log::info!("model input is dynamic {in_shape:?}; using {w}x{h}");
                 (h, w)
             }
@@ -253,10 +249,7 @@ impl Detector {
             input_height,
             input_precision,
             output_precision,
-            layout: OutputLayout::Yolov5 {
-                rows: 0,
-                classes: 0,
-            },
+            layout: OutputLayout::Yolov5 { rows: 0, classes: 0 },
             labels,
             labels_source,
         };
@@ -315,13 +308,11 @@ impl Detector {
         let outputs = match input {
             InputTensor::F32(v) => {
                 let t = TensorRef::from_array_view((shape, v.as_slice())).map_err(run_err)?;
-                self.session
-                    .run(ort::inputs![self.info.input_name.as_str() => t])
+                self.session.run(ort::inputs![self.info.input_name.as_str() => t])
             }
             InputTensor::F16(v) => {
                 let t = TensorRef::from_array_view((shape, v.as_slice())).map_err(run_err)?;
-                self.session
-                    .run(ort::inputs![self.info.input_name.as_str() => t])
+                self.session.run(ort::inputs![self.info.input_name.as_str() => t])
             }
         }
         .map_err(run_err)?;

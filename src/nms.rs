@@ -23,14 +23,17 @@ pub fn iou(a: &BoxXyxy, b: &BoxXyxy) -> f32 {
 /// Keep the best-scoring boxes, dropping any box whose IoU with a kept box of the same class is above
 /// `iou_threshold`. The result is sorted by score, highest first (equal scores: earlier candidate
 /// first), and holds at most `max_detections` boxes. `candidates` is reordered in place.
-pub fn nms(
-    candidates: &mut [Candidate],
-    iou_threshold: f32,
-    max_detections: usize,
-) -> Vec<Candidate> {
+pub fn nms(candidates: &mut [Candidate], iou_threshold: f32, max_detections: usize) -> Vec<Candidate> {
+    let mut kept = Vec::with_capacity(max_detections.min(candidates.len()));
+    nms_into(candidates, iou_threshold, max_detections, &mut kept);
+    kept
+}
+
+/// [`nms`] into a caller-owned vector (cleared first), for the allocation-free per-frame path.
+pub fn nms_into(candidates: &mut [Candidate], iou_threshold: f32, max_detections: usize, kept: &mut Vec<Candidate>) {
+    kept.clear();
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     let considered = candidates.len().min(MAX_NMS_INPUT);
-    let mut kept: Vec<Candidate> = Vec::with_capacity(max_detections.min(considered));
     for c in &candidates[..considered] {
         if kept.len() == max_detections {
             break;
@@ -42,7 +45,6 @@ pub fn nms(
             kept.push(*c);
         }
     }
-    kept
 }
 
 #[cfg(test)]
@@ -51,11 +53,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn cand(class_id: u32, score: f32, bbox: BoxXyxy) -> Candidate {
-        Candidate {
-            class_id,
-            score,
-            bbox,
-        }
+        Candidate { class_id, score, bbox }
     }
 
     #[test]
@@ -81,10 +79,7 @@ mod tests {
 
     #[test]
     fn ties_keep_the_earlier_candidate_and_empty_input_is_fine() {
-        let mut c = vec![
-            cand(2, 0.5, [0.0, 0.0, 4.0, 4.0]),
-            cand(2, 0.5, [0.0, 0.0, 4.0, 4.1]),
-        ];
+        let mut c = vec![cand(2, 0.5, [0.0, 0.0, 4.0, 4.0]), cand(2, 0.5, [0.0, 0.0, 4.0, 4.1])];
         let kept = nms(&mut c, 0.45, 300);
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].bbox[3], 4.0);
@@ -94,13 +89,7 @@ mod tests {
     #[test]
     fn caps_at_max_detections() {
         let mut c: Vec<Candidate> = (0..50)
-            .map(|i| {
-                cand(
-                    0,
-                    i as f32 / 100.0,
-                    [i as f32 * 10.0, 0.0, i as f32 * 10.0 + 5.0, 5.0],
-                )
-            })
+            .map(|i| cand(0, i as f32 / 100.0, [i as f32 * 10.0, 0.0, i as f32 * 10.0 + 5.0, 5.0]))
             .collect();
         let kept = nms(&mut c, 0.45, 7);
         assert_eq!(kept.len(), 7);
@@ -108,14 +97,7 @@ mod tests {
     }
 
     fn arb_candidate() -> impl Strategy<Value = Candidate> {
-        (
-            0u32..3,
-            0f32..1.0,
-            0f32..100.0,
-            0f32..100.0,
-            0.5f32..40.0,
-            0.5f32..40.0,
-        )
+        (0u32..3, 0f32..1.0, 0f32..100.0, 0f32..100.0, 0.5f32..40.0, 0.5f32..40.0)
             .prop_map(|(class_id, score, x, y, w, h)| cand(class_id, score, [x, y, x + w, y + h]))
     }
 

@@ -241,13 +241,8 @@ impl FramePreprocessor {
         };
         self.jpeg.decompress(data, image).map_err(jerr)?;
         let t1 = Instant::now();
-        self.letterbox.letterbox_scaled_into(
-            &self.rgb,
-            scaled.width as u32,
-            scaled.height as u32,
-            &lb,
-            out,
-        )?;
+        self.letterbox
+            .letterbox_scaled_into(&self.rgb, scaled.width as u32, scaled.height as u32, &lb, out)?;
         self.last_decode = t1 - t0;
         self.last_letterbox = t1.elapsed();
         Ok(lb)
@@ -283,18 +278,10 @@ mod tests {
                 .filter(|(x, y)| (i32::from(**x) - i32::from(**y)).abs() > 6)
                 .count()
         };
-        assert!(
-            close(&rgb, &back) < rgb.len() / 20,
-            "{}",
-            close(&rgb, &back)
-        );
+        assert!(close(&rgb, &back) < rgb.len() / 20, "{}", close(&rgb, &back));
         rgb_to_nv12(&rgb, w, h, &mut nv12);
         nv12_to_rgb(&nv12, w, h, &mut back);
-        assert!(
-            close(&rgb, &back) < rgb.len() / 10,
-            "{}",
-            close(&rgb, &back)
-        );
+        assert!(close(&rgb, &back) < rgb.len() / 10, "{}", close(&rgb, &back));
         assert_eq!(yuv_to_rgb(16, 128, 128), [0, 0, 0]);
         assert_eq!(yuv_to_rgb(235, 128, 128), [255, 255, 255]);
         let red = yuv_to_rgb(81, 90, 240);
@@ -319,17 +306,9 @@ mod tests {
         );
         let decoded = crate::decode::decode_image(&jpg).unwrap();
         let mut b = vec![0f32; 3 * 160 * 160];
-        Preprocessor::new()
-            .letterbox_into(&decoded.data, &lb, &mut b)
-            .unwrap();
-        let InputTensor::F32(a) = a else {
-            unreachable!()
-        };
-        let max = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        Preprocessor::new().letterbox_into(&decoded.data, &lb, &mut b).unwrap();
+        let InputTensor::F32(a) = a else { unreachable!() };
+        let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(max * 255.0 <= 6.0, "max diff {} levels", max * 255.0);
         // DCT-scaled decoding keeps the geometry.
         let mut fp = FramePreprocessor::new(true).unwrap();

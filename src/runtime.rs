@@ -60,9 +60,7 @@ pub enum RuntimeError {
 }
 
 fn not_found_message(attempts: &[Attempt]) -> String {
-    let mut s = String::from(
-        "ONNX Runtime (libonnxruntime.so) could not be loaded. Places tried, in order:\n",
-    );
+    let mut s = String::from("ONNX Runtime (libonnxruntime.so) could not be loaded. Places tried, in order:\n");
     for a in attempts {
         let _ = writeln!(s, "  - {} [{}]: {}", a.path.display(), a.origin, a.outcome);
     }
@@ -91,10 +89,7 @@ pub fn arch() -> &'static str {
 
 /// `.cache/onnxruntime/<version>/<arch>` relative to a project root.
 pub fn cache_subdir() -> PathBuf {
-    Path::new(".cache")
-        .join("onnxruntime")
-        .join(ORT_VERSION)
-        .join(arch())
+    Path::new(".cache").join("onnxruntime").join(ORT_VERSION).join(arch())
 }
 
 /// Every `libonnxruntime.so*` in `dir`, best first: the fully versioned name, then shorter ones.
@@ -111,12 +106,7 @@ fn libs_in(dir: &Path) -> Vec<PathBuf> {
                 .is_some_and(|n| n == "libonnxruntime.so" || n.starts_with("libonnxruntime.so."))
         })
         .collect();
-    v.sort_by(|a, b| {
-        b.as_os_str()
-            .len()
-            .cmp(&a.as_os_str().len())
-            .then_with(|| b.cmp(a))
-    });
+    v.sort_by(|a, b| b.as_os_str().len().cmp(&a.as_os_str().len()).then_with(|| b.cmp(a)));
     v
 }
 
@@ -214,39 +204,28 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
             let cwd = std::env::current_dir().ok();
             let home = std::env::var_os("HOME").map(PathBuf::from);
             let venv = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from);
-            search_candidates(
-                exe.as_deref(),
-                cwd.as_deref(),
-                home.as_deref(),
-                venv.as_deref(),
-            )
+            search_candidates(exe.as_deref(), cwd.as_deref(), home.as_deref(), venv.as_deref())
         }
     };
     for (origin, path) in candidates {
         match try_load(&path) {
             Ok(()) => {
-                let env = ort::init().with_name("kestrel").build().map_err(|e| {
-                    RuntimeError::Environment {
+                let env = ort::init()
+                    .with_name("kestrel")
+                    .build()
+                    .map_err(|e| RuntimeError::Environment {
                         path: path.clone(),
                         reason: e.to_string(),
-                    }
-                })?;
+                    })?;
                 let version = library_version(&path).unwrap_or_else(|| "unknown".into());
-                log::info!(
-                    "ONNX Runtime {version} loaded from {} ({origin})",
-                    path.display()
-                );
+                log::info!("ONNX Runtime {version} loaded from {} ({origin})", path.display());
                 return Ok(RUNTIME.get_or_init(|| Runtime {
                     library: path,
                     version,
                     env,
                 }));
             }
-            Err(outcome) => attempts.push(Attempt {
-                origin,
-                path,
-                outcome,
-            }),
+            Err(outcome) => attempts.push(Attempt { origin, path, outcome }),
         }
     }
     Err(RuntimeError::NotFound { attempts })
@@ -292,14 +271,8 @@ mod tests {
 
         let c = search_candidates(Some(&exe_dir.join("kestrel")), None, None, Some(&venv));
         let origins: Vec<&Origin> = c.iter().map(|(o, _)| o).collect();
-        let first_cache = origins
-            .iter()
-            .position(|o| **o == Origin::ProjectCache)
-            .unwrap();
-        let first_py = origins
-            .iter()
-            .position(|o| **o == Origin::PythonPackage)
-            .unwrap();
+        let first_cache = origins.iter().position(|o| **o == Origin::ProjectCache).unwrap();
+        let first_py = origins.iter().position(|o| **o == Origin::PythonPackage).unwrap();
         assert_eq!(origins[0], &Origin::BesideExecutable);
         assert!(first_cache < first_py);
         let found: Vec<&PathBuf> = c.iter().map(|(_, p)| p).filter(|p| p.exists()).collect();

@@ -147,12 +147,7 @@ pub fn decode<T: OutputElement>(
                 let (best, cls) = argmax(row[5..].iter().map(|v| v.to_f32()));
                 let score = obj * cls;
                 if score > conf {
-                    let b = xyxy(
-                        row[0].to_f32(),
-                        row[1].to_f32(),
-                        row[2].to_f32(),
-                        row[3].to_f32(),
-                    );
+                    let b = xyxy(row[0].to_f32(), row[1].to_f32(), row[2].to_f32(), row[3].to_f32());
                     out.push(Candidate {
                         class_id: best,
                         score,
@@ -211,17 +206,11 @@ mod tests {
         );
         assert_eq!(
             OutputLayout::from_shape(&[1, 3, 7], Some(2)),
-            Ok(OutputLayout::Yolov5 {
-                rows: 3,
-                classes: 2
-            })
+            Ok(OutputLayout::Yolov5 { rows: 3, classes: 2 })
         );
         assert_eq!(
             OutputLayout::from_shape(&[1, 6, 3], Some(2)),
-            Ok(OutputLayout::Yolov8 {
-                rows: 3,
-                classes: 2
-            })
+            Ok(OutputLayout::Yolov8 { rows: 3, classes: 2 })
         );
         assert!(OutputLayout::from_shape(&[1, 6, 3], Some(5)).is_err());
         assert!(OutputLayout::from_shape(&[1, 85], None).is_err());
@@ -233,10 +222,7 @@ mod tests {
 
     #[test]
     fn v5_scores_are_objectness_times_class_and_threshold_is_strict() {
-        let layout = OutputLayout::Yolov5 {
-            rows: 3,
-            classes: 2,
-        };
+        let layout = OutputLayout::Yolov5 { rows: 3, classes: 2 };
         #[rustfmt::skip]
         let data: [f32; 21] = [
             10.0, 20.0, 4.0, 6.0, 0.9, 0.2, 0.8,  // class 1, 0.72
@@ -253,14 +239,9 @@ mod tests {
 
     #[test]
     fn v8_reads_columns() {
-        let layout = OutputLayout::Yolov8 {
-            rows: 2,
-            classes: 2,
-        };
+        let layout = OutputLayout::Yolov8 { rows: 2, classes: 2 };
         // channel-major: cx[2], cy[2], w[2], h[2], c0[2], c1[2]
-        let data: [f32; 12] = [
-            1.0, 100.0, 2.0, 200.0, 2.0, 20.0, 4.0, 40.0, 0.1, 0.3, 0.6, 0.3,
-        ];
+        let data: [f32; 12] = [1.0, 100.0, 2.0, 200.0, 2.0, 20.0, 4.0, 40.0, 0.1, 0.3, 0.6, 0.3];
         let mut out = Vec::new();
         decode(layout, &data, 0.25, &mut out).unwrap();
         assert_eq!(out.len(), 2);
@@ -277,10 +258,7 @@ mod tests {
 
     #[test]
     fn nan_and_wrong_sizes() {
-        let layout = OutputLayout::Yolov5 {
-            rows: 1,
-            classes: 1,
-        };
+        let layout = OutputLayout::Yolov5 { rows: 1, classes: 1 };
         let mut out = Vec::new();
         decode(layout, &[0.0, 0.0, 1.0, 1.0, f32::NAN, 1.0], 0.25, &mut out).unwrap();
         assert!(out.is_empty());

@@ -26,20 +26,12 @@ pub struct ImagesSource {
 }
 
 fn is_image(p: &Path) -> bool {
-    let ext = p
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     matches!(ext.as_deref(), Some("jpg" | "jpeg" | "png"))
 }
 
 impl ImagesSource {
-    pub fn open(
-        path: &Path,
-        fps_hz: f64,
-        loop_frames: bool,
-        pool_size: usize,
-    ) -> Result<Self, SourceError> {
+    pub fn open(path: &Path, fps_hz: f64, loop_frames: bool, pool_size: usize) -> Result<Self, SourceError> {
         let err = |reason: String| SourceError::Open {
             what: path.display().to_string(),
             reason,
@@ -97,6 +89,10 @@ impl ImagesSource {
 impl super::Source for ImagesSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn paced(&self) -> bool {
+        self.pacer.is_paced()
     }
 
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError> {

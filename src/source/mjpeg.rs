@@ -94,18 +94,13 @@ fn frame_end(data: &[u8], start: usize) -> FrameEnd {
                 if code == 0xDA {
                     // Entropy-coded data up to the next marker that is not stuffing or a restart.
                     loop {
-                        let Some(i) = data
-                            .get(p..)
-                            .and_then(|d| d.iter().position(|b| *b == 0xFF))
-                        else {
+                        let Some(i) = data.get(p..).and_then(|d| d.iter().position(|b| *b == 0xFF)) else {
                             return FrameEnd::Broken(data.len());
                         };
                         p += i;
                         match data.get(p + 1) {
                             None => return FrameEnd::Broken(data.len()),
-                            Some(0x00 | 0xD0..=0xD7 | 0xFF) => {
-                                p += if data[p + 1] == 0xFF { 1 } else { 2 }
-                            }
+                            Some(0x00 | 0xD0..=0xD7 | 0xFF) => p += if data[p + 1] == 0xFF { 1 } else { 2 },
                             Some(_) => break,
                         }
                     }
@@ -128,12 +123,7 @@ pub struct MjpegSource {
 }
 
 impl MjpegSource {
-    pub fn open(
-        path: &Path,
-        fps_hz: f64,
-        loop_frames: bool,
-        pool_size: usize,
-    ) -> Result<Self, SourceError> {
+    pub fn open(path: &Path, fps_hz: f64, loop_frames: bool, pool_size: usize) -> Result<Self, SourceError> {
         let data = std::fs::read(path).map_err(|e| SourceError::Open {
             what: path.display().to_string(),
             reason: e.to_string(),
@@ -182,6 +172,10 @@ impl super::Source for MjpegSource {
         &self.name
     }
 
+    fn paced(&self) -> bool {
+        self.pacer.is_paced()
+    }
+
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError> {
         if self.next == self.frames.len() {
             if !self.loop_frames {
@@ -216,9 +210,7 @@ mod tests {
     use super::*;
 
     fn jpeg(w: u32, h: u32, shade: u8) -> Vec<u8> {
-        let img = image::RgbImage::from_fn(w, h, |x, y| {
-            image::Rgb([shade, (x * 3) as u8, (y * 5) as u8])
-        });
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([shade, (x * 3) as u8, (y * 5) as u8]));
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
         out.into_inner()
@@ -228,22 +220,14 @@ mod tests {
     fn splits_concatenated_frames_exactly() {
         let (a, b, c) = (jpeg(32, 16, 10), jpeg(16, 16, 200), jpeg(64, 8, 90));
         let mut stream = b"garbage".to_vec();
-        let starts = [
-            stream.len(),
-            stream.len() + a.len(),
-            stream.len() + a.len() + b.len(),
-        ];
+        let starts = [stream.len(), stream.len() + a.len(), stream.len() + a.len() + b.len()];
         stream.extend_from_slice(&a);
         stream.extend_from_slice(&b);
         stream.extend_from_slice(&c);
         let s = split_jpeg_stream(&stream);
         assert_eq!(
             s.frames,
-            vec![
-                starts[0]..starts[1],
-                starts[1]..starts[2],
-                starts[2]..stream.len()
-            ]
+            vec![starts[0]..starts[1], starts[1]..starts[2], starts[2]..stream.len()]
         );
         assert_eq!((s.truncated, s.skipped_bytes), (0, 7));
         for r in s.frames {
@@ -287,10 +271,7 @@ mod tests {
                 })
                 .collect();
             let s = split_jpeg_stream(&data);
-            assert!(s
-                .frames
-                .iter()
-                .all(|r| r.end <= data.len() && r.start < r.end));
+            assert!(s.frames.iter().all(|r| r.end <= data.len() && r.start < r.end));
         }
     }
 }

@@ -26,6 +26,10 @@ pub enum SourceError {
 /// within [`POLL`] of `stop()` turning true. `Ok(None)` means the source has ended (or was stopped).
 pub trait Source: Send {
     fn name(&self) -> &str;
+    /// True when frames arrive on their own clock (a camera, or a file source paced at `fps_hz`): then the
+    /// newest frame wins and older ones are dropped. False for an unpaced file source, which delivers frames
+    /// only as fast as the pipeline takes them (nothing dropped, no busy loop).
+    fn paced(&self) -> bool;
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError>;
 }
 
@@ -61,6 +65,10 @@ pub struct Pacer {
 }
 
 impl Pacer {
+    pub fn is_paced(&self) -> bool {
+        self.interval.is_some()
+    }
+
     pub fn new(fps_hz: f64) -> Self {
         let interval = (fps_hz > 0.0).then(|| Duration::from_secs_f64(1.0 / fps_hz));
         Self {
@@ -95,10 +103,7 @@ impl Pacer {
 }
 
 /// Take a frame buffer, waiting (in [`POLL`] slices) while every buffer is in flight.
-pub(crate) fn take_buffer(
-    pool: &Pool<Vec<u8>>,
-    stop: &dyn Fn() -> bool,
-) -> Option<Pooled<Vec<u8>>> {
+pub(crate) fn take_buffer(pool: &Pool<Vec<u8>>, stop: &dyn Fn() -> bool) -> Option<Pooled<Vec<u8>>> {
     loop {
         if stop() {
             return None;

@@ -88,11 +88,9 @@ impl SyntheticSource {
             for t in 0..JPEG_RING {
                 render_rgb(t, w, h, &mut rgb);
                 let img =
-                    image::RgbImage::from_raw(w, h, std::mem::take(&mut rgb)).ok_or_else(|| {
-                        SourceError::Open {
-                            what: "synthetic".into(),
-                            reason: "frame buffer size".into(),
-                        }
+                    image::RgbImage::from_raw(w, h, std::mem::take(&mut rgb)).ok_or_else(|| SourceError::Open {
+                        what: "synthetic".into(),
+                        reason: "frame buffer size".into(),
                     })?;
                 let mut out = Cursor::new(Vec::new());
                 image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
@@ -129,6 +127,10 @@ impl SyntheticSource {
 impl super::Source for SyntheticSource {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn paced(&self) -> bool {
+        self.pacer.is_paced()
     }
 
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError> {

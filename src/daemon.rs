@@ -1,0 +1,111 @@
+//! Assemble a running pipeline from a [`Config`]: runtime, model, source, sink, thread budget.
+
+use anyhow::Context as _;
+use std::fs::OpenOptions;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, OutputFormat, OutputKind};
+use crate::detect::Thresholds;
+use crate::model::{Detector, SessionOptions};
+use crate::pipeline::{default_workers, Options, Pipeline};
+use crate::sink::{JsonLinesSink, NullSink, Sink, TextSink};
+use crate::{runtime, source};
+
+/// CPU cores available to this process.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Worker and ONNX Runtime thread counts for a config (0 means automatic).
+pub fn thread_budget(cfg: &Config) -> (usize, usize) {
+    let workers = if cfg.pipeline.workers == 0 {
+        default_workers(cores())
+    } else {
+        cfg.pipeline.workers
+    };
+    // ONNX Runtime gets every core: with spinning off its threads sleep while workers run, and
+    // inference is the bottleneck the workers feed.
+    let intra = if cfg.runtime.intra_threads == 0 {
+        cores()
+    } else {
+        cfg.runtime.intra_threads
+    };
+    (workers, intra)
+}
+
+pub fn pipeline_options(cfg: &Config, workers: usize) -> Options {
+    Options {
+        workers,
+        queue_depth: cfg.pipeline.queue_depth,
+        poll: Duration::from_millis(cfg.pipeline.poll_ms),
+        thresholds: Thresholds {
+            conf: cfg.model.conf,
+            iou: cfg.model.iou,
+            max_detections: cfg.model.max_detections,
+        },
+        scaled_jpeg: true,
+    }
+}
+
+/// The sink a config asks for.
+pub fn open_sink(cfg: &Config) -> anyhow::Result<Box<dyn Sink>> {
+    let writer: Box<dyn Write + Send> = match cfg.output.kind {
+        OutputKind::None => return Ok(Box::new(NullSink)),
+        OutputKind::Stdout => Box::new(std::io::stdout()),
+        OutputKind::File => {
+            let path = cfg
+                .output
+                .path
+                .as_deref()
+                .context("output.path is required for output.kind = \"file\"")?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open output file {}", path.display()))?;
+            Box::new(BufWriter::new(f))
+        }
+    };
+    Ok(match cfg.output.format {
+        OutputFormat::Json => Box::new(JsonLinesSink::new(writer)),
+        OutputFormat::Text => Box::new(TextSink::new(writer)),
+    })
+}
+
+/// Load everything the config names and start the pipeline.
+pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> anyhow::Result<Pipeline> {
+    let rt = runtime::init(cli_ort.or(cfg.runtime.ort_lib.as_deref()))?;
+    let (workers, intra) = thread_budget(cfg);
+    let opts = SessionOptions {
+        intra_threads: intra,
+        spinning: cfg.runtime.spinning,
+    };
+    let detector = Detector::load(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts)?;
+    let info = &detector.info;
+    log::info!(
+        "model {}: {}x{} {:?}, {:?}; ONNX Runtime {} (CPU, {intra} threads); {workers} preprocessing workers",
+        info.path.display(),
+        info.input_width,
+        info.input_height,
+        info.input_precision,
+        info.layout,
+        rt.version,
+    );
+    let labels: Arc<[String]> = info.labels.clone().into();
+    let pool = source::buffer_pool_size(workers, cfg.pipeline.queue_depth);
+    let src = source::open(&cfg.source, pool)?;
+    log::info!("source {}", src.name());
+    let sink = open_sink(cfg)?;
+    Ok(Pipeline::start(
+        src,
+        Box::new(detector),
+        sink,
+        labels,
+        pipeline_options(cfg, workers),
+        stop,
+    )?)
+}

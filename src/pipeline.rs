@@ -1,0 +1,617 @@
+//! The streaming engine: named stage threads joined by bounded channels.
+//!
+//! ```text
+//! capture ──frames (latest wins)──▶ preprocess-N ──prepared (latest wins)──▶ inference ──▶ postprocess ──▶ sink
+//! ```
+//!
+//! - **Capture never blocks on the rest**: when the frame queue is full the oldest waiting frame is dropped
+//!   (`capture_overrun`) and the new one queued.
+//! - **Just-in-time preprocessing**: input tensors come from a small pool (one per prepared-ahead slot plus the
+//!   one being inferred), so workers never prepare frames that inference cannot take; and a worker that got a
+//!   tensor while inference is busy waits until inference is about one preprocessing time from done before it
+//!   takes the newest frame. A frame thus enters inference about one preprocessing time after capture, not a
+//!   queue's worth of frames later.
+//! - **Newest first, in order**: inference takes the newest prepared frame (older ones: `stale`) and never one
+//!   older than the last it ran (`out_of_order`), so results leave in strictly increasing sequence.
+//! - Frame buffers, tensors and detection vectors are pooled: nothing is allocated per frame in steady state.
+//! - Every blocking call has a timeout of `poll`, so a stop is seen within one poll interval by every thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use thiserror::Error;
+
+use crate::detect::Thresholds;
+use crate::frame::{monotonic_ns, Frame};
+use crate::letterbox::Letterbox;
+use crate::metrics::{DropReason, Metrics, Stage};
+use crate::model::{Detector, InferTimes, InputTensor, ModelError};
+use crate::nms::nms_into;
+use crate::pool::{Pool, Pooled};
+use crate::preprocess::{FramePreprocessor, PreprocessError};
+use crate::sink::{Published, Sink, SinkError};
+use crate::source::{Source, SourceError};
+use crate::yolo::Candidate;
+
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot start thread {name}: {reason}")]
+    Spawn { name: String, reason: String },
+    #[error("thread {0} panicked")]
+    Panicked(String),
+}
+
+/// The inference stage's contract: [`Detector`] in production, stand-ins in tests.
+pub trait Inference: Send {
+    /// Model input width and height.
+    fn input_size(&self) -> (u32, u32);
+    /// A blank input tensor of the model's size and precision.
+    fn new_input(&self) -> InputTensor;
+    /// Run on `input`; candidates above `conf` in model pixels into `out`.
+    fn infer(&mut self, input: &InputTensor, conf: f32, out: &mut Vec<Candidate>) -> Result<InferTimes, ModelError>;
+}
+
+impl Inference for Detector {
+    fn input_size(&self) -> (u32, u32) {
+        (self.info.input_width, self.info.input_height)
+    }
+    fn new_input(&self) -> InputTensor {
+        InputTensor::for_model(&self.info)
+    }
+    fn infer(&mut self, input: &InputTensor, conf: f32, out: &mut Vec<Candidate>) -> Result<InferTimes, ModelError> {
+        Detector::infer(self, input, conf, out)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Preprocessing worker threads (at least 1).
+    pub workers: usize,
+    /// Prepared frames allowed ahead of inference (at least 1).
+    pub queue_depth: usize,
+    /// Timeout of every blocking call.
+    pub poll: Duration,
+    pub thresholds: Thresholds,
+    /// DCT-scaled JPEG decoding.
+    pub scaled_jpeg: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            queue_depth: 1,
+            poll: Duration::from_millis(20),
+            thresholds: Thresholds::default(),
+            scaled_jpeg: true,
+        }
+    }
+}
+
+/// Default worker count for `cores` CPUs: preprocessing is ~10 % of inference, so one worker per four cores
+/// (at least one) leaves the rest to ONNX Runtime.
+pub fn default_workers(cores: usize) -> usize {
+    cores.div_ceil(4).max(1)
+}
+
+struct Prepared {
+    seq: u64,
+    capture_ns: u64,
+    lb: Letterbox,
+    tensor: Pooled<InputTensor>,
+}
+
+struct Inferred {
+    seq: u64,
+    capture_ns: u64,
+    lb: Letterbox,
+    candidates: Pooled<Vec<Candidate>>,
+}
+
+struct Finished {
+    seq: u64,
+    capture_ns: u64,
+    width: u32,
+    height: u32,
+    detections: Pooled<Vec<Candidate>>,
+}
+
+/// Shared timing estimates for just-in-time preprocessing (nanoseconds; EWMA).
+#[derive(Default)]
+struct Pace {
+    /// Monotonic ns when the running inference started; 0 when inference is idle.
+    infer_started_ns: AtomicU64,
+    infer_ewma_ns: AtomicU64,
+    prep_ewma_ns: AtomicU64,
+}
+
+fn ewma(slot: &AtomicU64, sample: Duration) {
+    let s = sample.as_nanos().min(u128::from(u64::MAX)) as u64;
+    let old = slot.load(Relaxed);
+    slot.store(if old == 0 { s } else { old - old / 8 + s / 8 }, Relaxed);
+}
+
+/// Queue `item`; when the queue is full, drop the oldest queued item (counted as `why`) to make room.
+fn push_latest<T>(tx: &Sender<T>, rx: &Receiver<T>, mut item: T, metrics: &Metrics, why: DropReason) -> bool {
+    loop {
+        match tx.try_send(item) {
+            Ok(()) => return true,
+            Err(TrySendError::Full(back)) => {
+                if rx.try_recv().is_ok() {
+                    metrics.dropped(why);
+                }
+                item = back;
+            }
+            Err(TrySendError::Disconnected(_)) => return false,
+        }
+    }
+}
+
+/// Queue `item`, waiting (in `poll` slices) while the queue is full. False if stopped or disconnected.
+fn send_blocking<T>(tx: &Sender<T>, mut item: T, poll: Duration, stopped: &dyn Fn() -> bool) -> bool {
+    loop {
+        match tx.send_timeout(item, poll) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) if !stopped() => item = back,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Logs a per-frame failure at most once per interval, with the count since the last line.
+struct RateLimitedLog {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            last: None,
+            suppressed: 0,
+        }
+    }
+    fn warn(&mut self, err: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            log::warn!(
+                "{}: {err} (and {} more since the last report)",
+                self.what,
+                self.suppressed
+            );
+        } else {
+            log::warn!("{}: {err}", self.what);
+        }
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    stop: Arc<AtomicBool>,
+    threads: Vec<(String, JoinHandle<Result<(), PipelineError>>)>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// How a pipeline run ended.
+#[derive(Debug)]
+pub struct Summary {
+    pub elapsed: Duration,
+    pub frames_published: u64,
+    /// True when `stop` ended the run, false when the source ran out.
+    pub stopped: bool,
+}
+
+impl Pipeline {
+    /// Start every stage. `stop` ends the run when set (signal handlers set it); the source ending drains
+    /// the pipeline and ends it too.
+    pub fn start(
+        mut source: Box<dyn Source>,
+        mut inference: Box<dyn Inference>,
+        mut sink: Box<dyn Sink>,
+        labels: Arc<[String]>,
+        opts: Options,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, PipelineError> {
+        let metrics = Arc::new(Metrics::new());
+        let workers = opts.workers.max(1);
+        let depth = opts.queue_depth.max(1);
+        let poll = opts.poll;
+        let (dst_w, dst_h) = inference.input_size();
+        let tensors = Pool::new(depth.max(workers) + 1, || inference.new_input());
+        let candidate_pool = Pool::new(8, || Vec::<Candidate>::with_capacity(1024));
+        let detection_pool = Pool::new(8, || Vec::<Candidate>::with_capacity(opts.thresholds.max_detections));
+        let pace = Arc::new(Pace::default());
+
+        let (frames_tx, frames_rx) = bounded::<Frame>(depth);
+        let (prepared_tx, prepared_rx) = bounded::<Prepared>(depth);
+        let (inferred_tx, inferred_rx) = bounded::<Inferred>(4);
+        let (finished_tx, finished_rx) = bounded::<Finished>(4);
+
+        let mut p = Self {
+            stop: stop.clone(),
+            threads: Vec::new(),
+            metrics: metrics.clone(),
+        };
+        let stopped = {
+            let stop = stop.clone();
+            move || stop.load(Relaxed)
+        };
+
+        let paced = source.paced();
+        // capture
+        {
+            let (m, rx, stopped) = (metrics.clone(), frames_rx.clone(), stopped.clone());
+            p.spawn("capture", move || {
+                while let Some(frame) = source.next_frame(&stopped)? {
+                    m.captured();
+                    let sent = if paced {
+                        push_latest(&frames_tx, &rx, frame, &m, DropReason::CaptureOverrun)
+                    } else {
+                        send_blocking(&frames_tx, frame, poll, &stopped)
+                    };
+                    if !sent {
+                        break;
+                    }
+                }
+                log::debug!("capture: source {} ended", source.name());
+                Ok(())
+            })?;
+        }
+
+        // preprocessing workers
+        for i in 0..workers {
+            let (m, frames_rx, tx, rx_old) = (
+                metrics.clone(),
+                frames_rx.clone(),
+                prepared_tx.clone(),
+                prepared_rx.clone(),
+            );
+            let (tensors, pace, stopped) = (tensors.clone(), pace.clone(), stopped.clone());
+            let mut prep = FramePreprocessor::new(opts.scaled_jpeg)?;
+            p.spawn(&format!("preprocess-{i}"), move || {
+                let mut bad = RateLimitedLog::new("bad frame skipped");
+                loop {
+                    // A tensor first: it is the credit that says inference will want another frame.
+                    let mut tensor = loop {
+                        if stopped() {
+                            return Ok(());
+                        }
+                        if let Some(t) = tensors.take_timeout(poll) {
+                            break t;
+                        }
+                    };
+                    wait_until_needed(&pace, poll, &stopped);
+                    let frame = loop {
+                        if stopped() {
+                            return Ok(());
+                        }
+                        match frames_rx.recv_timeout(poll) {
+                            Ok(f) => break f,
+                            Err(RecvTimeoutError::Timeout) => continue,
+                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                        }
+                    };
+                    let t0 = Instant::now();
+                    m.record(
+                        Stage::Queue,
+                        Duration::from_nanos(monotonic_ns().saturating_sub(frame.capture_ns)),
+                    );
+                    match prep.prepare_frame(&frame, &mut tensor, dst_w, dst_h) {
+                        Ok(lb) => {
+                            m.record(Stage::Decode, prep.last_decode);
+                            m.record(Stage::Letterbox, prep.last_letterbox);
+                            ewma(&pace.prep_ewma_ns, t0.elapsed());
+                            let item = Prepared {
+                                seq: frame.seq,
+                                capture_ns: frame.capture_ns,
+                                lb,
+                                tensor,
+                            };
+                            let sent = if paced {
+                                push_latest(&tx, &rx_old, item, &m, DropReason::PreparedOverrun)
+                            } else {
+                                send_blocking(&tx, item, poll, &stopped)
+                            };
+                            if !sent {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            m.dropped(DropReason::BadFrame);
+                            bad.warn(&format_args!("frame {}: {e}", frame.seq));
+                        }
+                    }
+                }
+            })?;
+        }
+        drop((frames_rx, prepared_tx));
+
+        // inference
+        {
+            let (m, rx, tx, pace, stopped) = (metrics.clone(), prepared_rx, inferred_tx, pace.clone(), stopped.clone());
+            let conf = opts.thresholds.conf;
+            p.spawn("inference", move || {
+                let mut last_seq = 0u64;
+                loop {
+                    if stopped() {
+                        return Ok(());
+                    }
+                    let mut item = match rx.recv_timeout(poll) {
+                        Ok(i) => i,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    };
+                    // Live sources: the newest prepared frame wins. Unpaced files: every frame, in arrival order.
+                    if paced {
+                        while let Ok(newer) = rx.try_recv() {
+                            m.dropped(DropReason::Stale);
+                            if newer.seq > item.seq {
+                                item = newer;
+                            }
+                        }
+                    }
+                    if item.seq <= last_seq {
+                        m.dropped(DropReason::OutOfOrder);
+                        continue;
+                    }
+                    last_seq = item.seq;
+                    let Some(mut candidates) = candidate_pool.take_timeout(poll) else {
+                        m.dropped(DropReason::Stale);
+                        continue;
+                    };
+                    pace.infer_started_ns.store(monotonic_ns(), SeqCst);
+                    let t0 = Instant::now();
+                    let times = inference.infer(&item.tensor, conf, &mut candidates);
+                    pace.infer_started_ns.store(0, SeqCst);
+                    let times = times?;
+                    ewma(&pace.infer_ewma_ns, t0.elapsed());
+                    m.record(Stage::Infer, times.run);
+                    m.inferred();
+                    let Prepared {
+                        seq,
+                        capture_ns,
+                        lb,
+                        tensor,
+                    } = item;
+                    drop(tensor); // back to the pool: the next frame can be prepared now
+                    if !send_blocking(
+                        &tx,
+                        Inferred {
+                            seq,
+                            capture_ns,
+                            lb,
+                            candidates,
+                        },
+                        poll,
+                        &stopped,
+                    ) {
+                        return Ok(());
+                    }
+                }
+            })?;
+        }
+
+        // postprocess
+        {
+            let (m, rx, tx, stopped) = (metrics.clone(), inferred_rx, finished_tx, stopped.clone());
+            let th = opts.thresholds;
+            p.spawn("postprocess", move || loop {
+                if stopped() {
+                    return Ok(());
+                }
+                let mut item = match rx.recv_timeout(poll) {
+                    Ok(i) => i,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                };
+                let Some(mut dets) = detection_pool.take_timeout(poll) else {
+                    continue;
+                };
+                let t0 = Instant::now();
+                nms_into(&mut item.candidates, th.iou, th.max_detections, &mut dets);
+                for d in dets.iter_mut() {
+                    d.bbox = item.lb.image_box_from_model(d.bbox);
+                }
+                m.record(Stage::Postprocess, t0.elapsed());
+                let out = Finished {
+                    seq: item.seq,
+                    capture_ns: item.capture_ns,
+                    width: item.lb.src_w,
+                    height: item.lb.src_h,
+                    detections: dets,
+                };
+                drop(item);
+                if !send_blocking(&tx, out, poll, &stopped) {
+                    return Ok(());
+                }
+            })?;
+        }
+
+        // sink
+        {
+            let (m, rx, stopped) = (metrics.clone(), finished_rx, stopped);
+            p.spawn("sink", move || {
+                let mut fps = FpsMeter::new();
+                loop {
+                    if stopped() {
+                        return Ok(());
+                    }
+                    let item = match rx.recv_timeout(poll) {
+                        Ok(i) => i,
+                        Err(RecvTimeoutError::Timeout) => continue,
+                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                    };
+                    let publish_ns = monotonic_ns();
+                    sink.publish(&Published {
+                        seq: item.seq,
+                        capture_ns: item.capture_ns,
+                        publish_ns,
+                        width: item.width,
+                        height: item.height,
+                        detections: &item.detections,
+                        labels: &labels,
+                        fps: fps.tick(),
+                    })?;
+                    m.published();
+                    m.record(
+                        Stage::CaptureToPublish,
+                        Duration::from_nanos(publish_ns.saturating_sub(item.capture_ns)),
+                    );
+                }
+            })?;
+        }
+        Ok(p)
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<(), PipelineError> + Send + 'static,
+    ) -> Result<(), PipelineError> {
+        let stop = self.stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let r = f();
+                if r.is_err() {
+                    stop.store(true, SeqCst); // a failed stage ends the run
+                }
+                r
+            })
+            .map_err(|e| PipelineError::Spawn {
+                name: name.to_string(),
+                reason: e.to_string(),
+            });
+        match handle {
+            Ok(h) => {
+                self.threads.push((name.to_string(), h));
+                Ok(())
+            }
+            Err(e) => {
+                self.stop.store(true, SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Run until the source ends and everything drains, a stage fails, or `stop` is set; log a metrics
+    /// summary every `log_every` meanwhile; join every thread. The first stage error is returned.
+    pub fn wait(mut self, log_every: Option<Duration>) -> Result<Summary, PipelineError> {
+        let started = Instant::now();
+        let mut next_log = log_every.map(|d| started + d);
+        let poll = Duration::from_millis(10);
+        loop {
+            // The pipeline has drained when the sink thread is done (every upstream sender is gone).
+            if self.threads.iter().all(|(_, h)| h.is_finished()) || self.stop.load(Relaxed) {
+                break;
+            }
+            if let (Some(at), Some(every)) = (next_log, log_every) {
+                if Instant::now() >= at {
+                    log::info!("{}", self.metrics.snapshot());
+                    next_log = Some(at + every);
+                }
+            }
+            std::thread::sleep(poll);
+        }
+        let stopped = self.stop.load(Relaxed);
+        self.stop.store(true, SeqCst);
+        let mut first_err = None;
+        for (name, h) in self.threads.drain(..) {
+            let r = h.join().unwrap_or_else(|_| Err(PipelineError::Panicked(name.clone())));
+            if let Err(e) = r {
+                log::error!("stage {name} failed: {e}");
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(Summary {
+            elapsed: started.elapsed(),
+            frames_published: self.metrics.published_total(),
+            stopped,
+        })
+    }
+
+    /// Ask every stage to stop (also what a signal does).
+    pub fn request_stop(&self) {
+        self.stop.store(true, SeqCst);
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, SeqCst);
+        for (_, h) in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// While inference runs, sleep until it is about one preprocessing time from done, so the frame taken next
+/// is as fresh as possible when inference picks it up.
+fn wait_until_needed(pace: &Pace, poll: Duration, stopped: &dyn Fn() -> bool) {
+    let margin_ns = 1_000_000; // 1 ms of slack against jitter
+    loop {
+        let started = pace.infer_started_ns.load(SeqCst);
+        if started == 0 || stopped() {
+            return;
+        }
+        let (infer, prep) = (pace.infer_ewma_ns.load(Relaxed), pace.prep_ewma_ns.load(Relaxed));
+        let due = (started + infer).saturating_sub(prep + margin_ns);
+        let now = monotonic_ns();
+        if now >= due {
+            return;
+        }
+        std::thread::sleep(Duration::from_nanos(due - now).min(poll));
+    }
+}
+
+/// Published frames per second over a sliding second.
+struct FpsMeter {
+    window_start: Instant,
+    count: u32,
+    fps: f64,
+}
+
+impl FpsMeter {
+    fn new() -> Self {
+        Self {
+            window_start: Instant::now(),
+            count: 0,
+            fps: 0.0,
+        }
+    }
+    fn tick(&mut self) -> f64 {
+        self.count += 1;
+        let e = self.window_start.elapsed();
+        if e >= Duration::from_secs(1) {
+            self.fps = f64::from(self.count) / e.as_secs_f64();
+            self.window_start = Instant::now();
+            self.count = 0;
+        }
+        self.fps
+    }
+}
