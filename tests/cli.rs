@@ -49,15 +49,8 @@ fn bad_images_are_reported_and_good_ones_still_processed() {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_no_panic(&stderr);
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        lines.len(),
-        files.len(),
-        "one JSON object per image: {stdout}"
-    );
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), files.len(), "one JSON object per image: {stdout}");
     let err = |i: usize| lines[i]["error"].as_str().unwrap_or_default().to_string();
     assert!(err(0).contains("truncated JPEG"), "{}", err(0));
     assert!(err(1).contains("corrupt JPEG"), "{}", err(1));
@@ -102,9 +95,7 @@ fn model_with_wrong_output_shape_is_refused_naming_the_shapes() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        stderr.contains("[1, 10]")
-            && stderr.contains("[1, N, 5+nc]")
-            && stderr.contains("[1, 4+nc, N]"),
+        stderr.contains("[1, 10]") && stderr.contains("[1, N, 5+nc]") && stderr.contains("[1, 4+nc, N]"),
         "{stderr}"
     );
     assert_no_panic(&stderr);
@@ -153,7 +144,11 @@ fn runtime_search_lists_every_place_tried() {
         for entry in std::fs::read_dir(prefix).into_iter().flatten().flatten() {
             for pkgs in ["site-packages", "dist-packages"] {
                 let capi = entry.path().join(pkgs).join("onnxruntime/capi");
-                assert!(!capi.exists(), "this machine has a system-wide {}: the isolation this test needs is impossible", capi.display());
+                assert!(
+                    !capi.exists(),
+                    "this machine has a system-wide {}: the isolation this test needs is impossible",
+                    capi.display()
+                );
             }
         }
     }
@@ -183,10 +178,7 @@ fn runtime_search_lists_every_place_tried() {
 
 #[test]
 fn thresholds_are_validated() {
-    let out = kestrel()
-        .args(["detect", "--conf", "1.5", "x.jpg"])
-        .output()
-        .unwrap();
+    let out = kestrel().args(["detect", "--conf", "1.5", "x.jpg"]).output().unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("not a number from 0 to 1"), "{stderr}");

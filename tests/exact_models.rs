@@ -29,9 +29,7 @@ fn detect(name: &str, width: u32, height: u32, thresholds: Thresholds) -> Vec<De
 }
 
 fn summary(d: &[Detection]) -> Vec<(String, f32, [f32; 4])> {
-    d.iter()
-        .map(|d| (d.label.clone(), d.score, d.bbox))
-        .collect()
+    d.iter().map(|d| (d.label.clone(), d.score, d.bbox)).collect()
 }
 
 fn assert_close(got: &[Detection], want: &[(&str, f32, [f32; 4])], tol: f32) {
@@ -66,36 +64,16 @@ const SQUARE: [(&str, f32, [f32; 4]); 5] = [
 #[test]
 fn yolov5_layout_exact() {
     let d = load("v5_const.onnx").unwrap();
-    assert_eq!(
-        d.info.layout,
-        OutputLayout::Yolov5 {
-            rows: 9,
-            classes: 2
-        }
-    );
+    assert_eq!(d.info.layout, OutputLayout::Yolov5 { rows: 9, classes: 2 });
     assert_eq!(d.info.labels, ["c0", "c1"]);
-    assert_close(
-        &detect("v5_const.onnx", 64, 64, Thresholds::default()),
-        &SQUARE,
-        1e-6,
-    );
+    assert_close(&detect("v5_const.onnx", 64, 64, Thresholds::default()), &SQUARE, 1e-6);
 }
 
 #[test]
 fn yolov8_layout_exact() {
     let d = load("v8_const.onnx").unwrap();
-    assert_eq!(
-        d.info.layout,
-        OutputLayout::Yolov8 {
-            rows: 9,
-            classes: 2
-        }
-    );
-    assert_close(
-        &detect("v8_const.onnx", 64, 64, Thresholds::default()),
-        &SQUARE,
-        1e-6,
-    );
+    assert_eq!(d.info.layout, OutputLayout::Yolov8 { rows: 9, classes: 2 });
+    assert_close(&detect("v8_const.onnx", 64, 64, Thresholds::default()), &SQUARE, 1e-6);
 }
 
 #[test]
@@ -178,13 +156,7 @@ fn thresholds_and_caps() {
 fn dynamic_input_probes_the_output_shape() {
     let d = load("v5_dynamic.onnx").unwrap();
     assert_eq!((d.info.input_width, d.info.input_height), (640, 640));
-    assert_eq!(
-        d.info.layout,
-        OutputLayout::Yolov5 {
-            rows: 9,
-            classes: 2
-        }
-    );
+    assert_eq!(d.info.layout, OutputLayout::Yolov5 { rows: 9, classes: 2 });
 }
 
 #[test]
@@ -196,23 +168,15 @@ fn invalid_models_are_refused_with_the_shapes_named() {
     let m = msg("bad_output_rank.onnx");
     assert!(m.contains("[1, 10]") && m.contains("[1, N, 5+nc]"), "{m}");
     let m = msg("bad_input_rank.onnx");
-    assert!(
-        m.contains("[1, 64, 64]") && m.contains("[1, 3, H, W]"),
-        "{m}"
-    );
+    assert!(m.contains("[1, 64, 64]") && m.contains("[1, 3, H, W]"), "{m}");
     let m = msg("bad_nonsquare_dynamic.onnx");
     assert!(m.contains("[1, 3, -1, 64]"), "{m}");
     let m = msg("bad_input_type.onnx");
     assert!(m.contains("Uint8"), "{m}");
     let missing = common::root().join("tests/fixtures/generated/nope.onnx");
-    let m = Detector::load(
-        common::runtime(),
-        &missing,
-        None,
-        &SessionOptions::default(),
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let m = Detector::load(common::runtime(), &missing, None, &SessionOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(m.contains("nope.onnx") && m.contains("not found"), "{m}");
 }

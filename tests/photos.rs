@@ -50,15 +50,9 @@ fn person_jpg_has_a_person_a_dog_and_a_horse() {
         assert_found(&r, "person", [187.0, 104.0, 276.0, 381.0]);
         assert_found(&r, "dog", [69.0, 265.0, 201.0, 353.0]);
         assert_found(&r, "horse", [395.0, 135.0, 607.0, 332.0]);
-        assert!(
-            r.detections[0].score > 0.9,
-            "{model}: {:?}",
-            r.detections[0]
-        );
+        assert!(r.detections[0].score > 0.9, "{model}: {:?}", r.detections[0]);
         for d in &r.detections {
-            assert!(
-                d.bbox[0] >= 0.0 && d.bbox[1] >= 0.0 && d.bbox[2] <= 640.0 && d.bbox[3] <= 424.0
-            );
+            assert!(d.bbox[0] >= 0.0 && d.bbox[1] >= 0.0 && d.bbox[2] <= 640.0 && d.bbox[3] <= 424.0);
             assert!(d.bbox[0] < d.bbox[2] && d.bbox[1] < d.bbox[3]);
         }
     }

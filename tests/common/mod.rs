@@ -22,10 +22,7 @@ pub fn runtime() -> &'static kestrel::runtime::Runtime {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    require(
-        root().join("tests/fixtures/generated").join(name),
-        "test fixture",
-    )
+    require(root().join("tests/fixtures/generated").join(name), "test fixture")
 }
 
 pub fn model(name: &str) -> PathBuf {
@@ -38,8 +35,5 @@ pub fn photo(name: &str) -> PathBuf {
     if installed.exists() {
         return installed;
     }
-    require(
-        root().join(".cache/darknet").join(name),
-        "darknet sample photo",
-    )
+    require(root().join(".cache/darknet").join(name), "darknet sample photo")
 }
