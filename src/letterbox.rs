@@ -2,7 +2,6 @@
 //! pad with grey 114, RGB, scaled to 0..1, CHW. [`Letterbox`] is the geometry; it travels with the frame so
 //! boxes found in model coordinates can be mapped back with [`Letterbox::image_from_model`].
 
-use fast_image_resize as fr;
 use half::f16;
 use thiserror::Error;
 
@@ -31,8 +30,6 @@ pub enum LetterboxError {
         got: usize,
         want: usize,
     },
-    #[error("resize failed: {0}")]
-    Resize(String),
 }
 
 /// Where a `src_w`×`src_h` image lands inside a `dst_w`×`dst_h` model input.
@@ -136,13 +133,92 @@ impl TensorElement for f16 {
 /// Reusable state for [`letterbox_into`]: the resizer and its scratch buffer.
 #[derive(Default)]
 pub struct Preprocessor {
-    resizer: fr::Resizer,
-    resized: Vec<u8>,
+    plan: Option<BilinearPlan>,
+    /// Horizontally resampled source rows (fixed point, ×2048), tagged with their source row.
+    hrows: [(usize, Vec<u32>); 2],
+    row: Vec<u8>,
+}
+
+/// Fixed-point weight scale of the resampler (11 bits, as OpenCV's `INTER_RESIZE_COEF_BITS`).
+const COEF_BITS: u32 = 11;
+const COEF_ONE: u32 = 1 << COEF_BITS;
+
+/// Precomputed bilinear taps for one (source size → destination size), OpenCV `INTER_LINEAR` geometry:
+/// source coordinate `(d + 0.5) * src/dst - 0.5`, clamped to the edge pixels, 2 taps per axis. Built once per
+/// geometry, so resizing allocates nothing per frame (fast_image_resize recomputes and allocates its tables on
+/// every call, hundreds of allocations per frame).
+#[derive(Debug)]
+struct BilinearPlan {
+    key: (u32, u32, u32, u32),
+    /// Per destination column: byte offsets of the two source pixels and their weights.
+    xs: Vec<(u32, u32, u32, u32)>,
+    /// Per destination row: the two source rows and their weights.
+    ys: Vec<(usize, usize, u32, u32)>,
+}
+
+fn taps(src: u32, dst: u32) -> impl Iterator<Item = (u32, u32, u32, u32)> {
+    let scale = f64::from(src) / f64::from(dst);
+    (0..dst).map(move |d| {
+        let f = (f64::from(d) + 0.5) * scale - 0.5;
+        let (mut i, mut frac) = (f.floor(), f - f.floor());
+        if i < 0.0 {
+            (i, frac) = (0.0, 0.0);
+        }
+        let last = f64::from(src - 1);
+        if i >= last {
+            (i, frac) = (last, 0.0);
+        }
+        let i = i as u32;
+        let w1 = (frac * f64::from(COEF_ONE)).round() as u32;
+        (i, (i + 1).min(src - 1), COEF_ONE - w1, w1)
+    })
+}
+
+impl BilinearPlan {
+    fn new(src_w: u32, src_h: u32, dst_w: u32, dst_h: u32) -> Self {
+        Self {
+            key: (src_w, src_h, dst_w, dst_h),
+            xs: taps(src_w, dst_w)
+                .map(|(a, b, w0, w1)| (a * 3, b * 3, w0, w1))
+                .collect(),
+            ys: taps(src_h, dst_h)
+                .map(|(a, b, w0, w1)| (a as usize, b as usize, w0, w1))
+                .collect(),
+        }
+    }
+}
+
+fn hresample(plan: &BilinearPlan, src_row: &[u8], out: &mut [u32]) {
+    for (o, &(x0, x1, w0, w1)) in out.chunks_exact_mut(3).zip(&plan.xs) {
+        let (a, b) = (
+            &src_row[x0 as usize..x0 as usize + 3],
+            &src_row[x1 as usize..x1 as usize + 3],
+        );
+        o[0] = w0 * u32::from(a[0]) + w1 * u32::from(b[0]);
+        o[1] = w0 * u32::from(a[1]) + w1 * u32::from(b[1]);
+        o[2] = w0 * u32::from(a[2]) + w1 * u32::from(b[2]);
+    }
 }
 
 impl Preprocessor {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Make sure `hrows` holds source row `sy` horizontally resampled; returns its slot.
+    fn hrow(&mut self, rgb: &[u8], src_w: usize, sy: usize, keep: usize) -> usize {
+        if let Some(slot) = self.hrows.iter().position(|(tag, _)| *tag == sy) {
+            return slot;
+        }
+        let slot = usize::from(self.hrows[0].0 == keep);
+        let plan = self
+            .plan
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("plan built before rows"));
+        let (tag, buf) = &mut self.hrows[slot];
+        hresample(plan, &rgb[sy * src_w * 3..(sy + 1) * src_w * 3], buf);
+        *tag = sy;
+        slot
     }
 
     /// Letterbox a packed RGB8 image (`width*height*3` bytes) into `out`, a CHW tensor of
@@ -186,21 +262,37 @@ impl Preprocessor {
                 want: 3 * plane,
             });
         }
-        let resized: &[u8] = if (lb.new_w, lb.new_h) == (src_w, src_h) {
-            rgb
-        } else {
-            self.resized.resize(lb.new_w as usize * lb.new_h as usize * 3, 0);
-            let src = fr::images::ImageRef::new(src_w, src_h, rgb, fr::PixelType::U8x3)
-                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            let mut dst = fr::images::Image::from_slice_u8(lb.new_w, lb.new_h, &mut self.resized, fr::PixelType::U8x3)
-                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
-            self.resizer
-                .resize(&src, &mut dst, &opts)
-                .map_err(|e| LetterboxError::Resize(e.to_string()))?;
-            &self.resized
-        };
-        write_chw(resized, lb, out);
+        let lut = unit_lut::<T>();
+        let nw = lb.new_w as usize;
+        self.row.resize(nw * 3, 0);
+        if (lb.new_w, lb.new_h) == (src_w, src_h) {
+            let mut row = std::mem::take(&mut self.row);
+            write_chw(lb, out, &lut, &mut row, |y, dst| {
+                dst.copy_from_slice(&rgb[y * nw * 3..(y + 1) * nw * 3])
+            });
+            self.row = row;
+            return Ok(());
+        }
+        let key = (src_w, src_h, lb.new_w, lb.new_h);
+        if self.plan.as_ref().is_none_or(|p| p.key != key) {
+            self.plan = Some(BilinearPlan::new(src_w, src_h, lb.new_w, lb.new_h));
+            for (tag, buf) in &mut self.hrows {
+                *tag = usize::MAX;
+                buf.resize(nw * 3, 0);
+            }
+        }
+        let mut row = std::mem::take(&mut self.row);
+        let (sw, round) = (src_w as usize, 1u32 << (2 * COEF_BITS - 1));
+        write_chw(lb, out, &lut, &mut row, |y, dst| {
+            let (y0, y1, w0, w1) = self.plan.as_ref().map_or((0, 0, COEF_ONE, 0), |p| p.ys[y]);
+            let s0 = self.hrow(rgb, sw, y0, y1);
+            let s1 = self.hrow(rgb, sw, y1, y0);
+            let (h0, h1) = (&self.hrows[s0].1, &self.hrows[s1].1);
+            for ((d, a), b) in dst.iter_mut().zip(h0).zip(h1) {
+                *d = ((w0 * a + w1 * b + round) >> (2 * COEF_BITS)).min(255) as u8;
+            }
+        });
+        self.row = row;
         Ok(())
     }
 }
@@ -214,9 +306,14 @@ fn unit_lut<T: TensorElement>() -> [T; 256] {
     lut
 }
 
-/// Pad + HWC→CHW + normalise, from the resized `new_w`×`new_h` RGB8 image.
-fn write_chw<T: TensorElement>(resized: &[u8], lb: &Letterbox, out: &mut [T]) {
-    let lut = unit_lut::<T>();
+/// Pad + HWC→CHW + normalise. `fill(y, row)` writes row `y` (0..new_h) of the resized RGB8 image.
+fn write_chw<T: TensorElement>(
+    lb: &Letterbox,
+    out: &mut [T],
+    lut: &[T; 256],
+    row: &mut [u8],
+    mut fill: impl FnMut(usize, &mut [u8]),
+) {
     let pad = lut[usize::from(PAD_VALUE)];
     let (dw, dh) = (lb.dst_w as usize, lb.dst_h as usize);
     let (nw, left, top) = (lb.new_w as usize, lb.pad_left as usize, lb.pad_top as usize);
@@ -224,11 +321,11 @@ fn write_chw<T: TensorElement>(resized: &[u8], lb: &Letterbox, out: &mut [T]) {
     let (r_plane, rest) = out.split_at_mut(plane);
     let (g_plane, b_plane) = rest.split_at_mut(plane);
     for y in 0..dh {
-        let row = y * dw;
+        let at = y * dw;
         let (r, g, b) = (
-            &mut r_plane[row..row + dw],
-            &mut g_plane[row..row + dw],
-            &mut b_plane[row..row + dw],
+            &mut r_plane[at..at + dw],
+            &mut g_plane[at..at + dw],
+            &mut b_plane[at..at + dw],
         );
         if y < top || y >= top + lb.new_h as usize {
             r.fill(pad);
@@ -236,15 +333,20 @@ fn write_chw<T: TensorElement>(resized: &[u8], lb: &Letterbox, out: &mut [T]) {
             b.fill(pad);
             continue;
         }
-        let src = &resized[(y - top) * nw * 3..(y - top + 1) * nw * 3];
+        fill(y - top, row);
         for plane_row in [&mut *r, &mut *g, &mut *b] {
             plane_row[..left].fill(pad);
             plane_row[left + nw..].fill(pad);
         }
-        for (x, px) in src.chunks_exact(3).enumerate() {
-            r[left + x] = lut[usize::from(px[0])];
-            g[left + x] = lut[usize::from(px[1])];
-            b[left + x] = lut[usize::from(px[2])];
+        let (r, g, b) = (
+            &mut r[left..left + nw],
+            &mut g[left..left + nw],
+            &mut b[left..left + nw],
+        );
+        for (x, px) in row.chunks_exact(3).enumerate() {
+            r[x] = lut[usize::from(px[0])];
+            g[x] = lut[usize::from(px[1])];
+            b[x] = lut[usize::from(px[2])];
         }
     }
 }
@@ -323,7 +425,94 @@ mod tests {
         assert!((b[3] - 424.0).abs() < 1e-3, "{b:?}");
     }
 
+    /// Exact bilinear (OpenCV INTER_LINEAR geometry) in f64, the definition our fixed-point code implements.
+    fn reference_resize(rgb: &[u8], sw: usize, sh: usize, dw: usize, dh: usize) -> Vec<f64> {
+        let coord = |d: usize, s: usize, dd: usize| {
+            let f = (d as f64 + 0.5) * s as f64 / dd as f64 - 0.5;
+            let i = f.floor().clamp(0.0, (s - 1) as f64);
+            let frac = if f < 0.0 || f >= (s - 1) as f64 {
+                0.0
+            } else {
+                f - f.floor()
+            };
+            (i as usize, (i as usize + 1).min(s - 1), frac)
+        };
+        let mut out = Vec::with_capacity(dw * dh * 3);
+        for y in 0..dh {
+            let (y0, y1, fy) = coord(y, sh, dh);
+            for x in 0..dw {
+                let (x0, x1, fx) = coord(x, sw, dw);
+                for c in 0..3 {
+                    let p = |xx: usize, yy: usize| f64::from(rgb[(yy * sw + xx) * 3 + c]);
+                    let top = p(x0, y0) * (1.0 - fx) + p(x1, y0) * fx;
+                    let bottom = p(x0, y1) * (1.0 - fx) + p(x1, y1) * fx;
+                    out.push(top * (1.0 - fy) + bottom * fy);
+                }
+            }
+        }
+        out
+    }
+
+    fn noise(n: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                ((i % 97) as u32 * 2 + (x % 40)) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn resampler_matches_fast_image_resize_within_one_level() {
+        use fast_image_resize as fr;
+        let (sw, sh) = (1920u32, 1080u32);
+        let rgb = noise((sw * sh * 3) as usize, 7);
+        let lb = Letterbox::new(sw, sh, 640, 640).unwrap();
+        let mut ours = vec![0f32; 3 * 640 * 640];
+        Preprocessor::new().letterbox_into(&rgb, &lb, &mut ours).unwrap();
+        let src = fr::images::ImageRef::new(sw, sh, &rgb, fr::PixelType::U8x3).unwrap();
+        let mut dst = fr::images::Image::new(lb.new_w, lb.new_h, fr::PixelType::U8x3);
+        let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
+        fr::Resizer::new().resize(&src, &mut dst, &opts).unwrap();
+        let theirs = dst.buffer();
+        let mut worst = 0f32;
+        for y in 0..lb.new_h as usize {
+            for x in 0..lb.new_w as usize {
+                for c in 0..3 {
+                    let o = ours[c * 640 * 640 + (y + lb.pad_top as usize) * 640 + x] * 255.0;
+                    worst = worst.max((o - f32::from(theirs[(y * lb.new_w as usize + x) * 3 + c])).abs());
+                }
+            }
+        }
+        assert!(worst <= 1.0 + 1e-3, "worst difference {worst} levels");
+    }
+
     proptest! {
+        #[test]
+        fn resampler_is_the_bilinear_definition_within_rounding(
+            sw in 1usize..90, sh in 1usize..90, dw in 1u32..64, seed in 1u32..1000,
+        ) {
+            let rgb = noise(sw * sh * 3, seed);
+            let lb = Letterbox::new(sw as u32, sh as u32, dw, dw).unwrap();
+            let mut out = vec![0f32; 3 * (dw * dw) as usize];
+            Preprocessor::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
+            let want = reference_resize(&rgb, sw, sh, lb.new_w as usize, lb.new_h as usize);
+            let (nw, d) = (lb.new_w as usize, dw as usize);
+            for y in 0..lb.new_h as usize {
+                for x in 0..nw {
+                    for c in 0..3 {
+                        let got = f64::from(out[c * d * d + (y + lb.pad_top as usize) * d + x + lb.pad_left as usize]) * 255.0;
+                        let w = want[(y * nw + x) * 3 + c];
+                        // Rounding (0.5) plus 11-bit weight quantisation (at most 255 / 2048 per axis pair).
+                        prop_assert!((got - w).abs() <= 0.5 + 255.0 / 2048.0, "({x},{y},{c}): {got} vs {w}");
+                    }
+                }
+            }
+        }
+
         #[test]
         fn image_from_model_inverts_model_from_image(
             src_w in 1u32..5000, src_h in 1u32..5000, dst in prop::sample::select(vec![160u32, 320, 416, 640, 1280]),
