@@ -47,7 +47,7 @@ pub fn pipeline_options(cfg: &Config, workers: usize) -> Options {
             iou: cfg.model.iou,
             max_detections: cfg.model.max_detections,
         },
-        scaled_jpeg: true,
+        scaled_jpeg: cfg.pipeline.scaled_jpeg_decode,
     }
 }
 

@@ -9,10 +9,10 @@ Three comparisons:
    Same geometry, padding identical, pixels within 1 grey level, mean difference below 0.3 levels.
    Both decode JPEG with libjpeg-turbo (same pixels) and resize with the same bilinear kernel (half-pixel
    centres, 2x2 support), but with different fixed-point rounding (fast_image_resize vs OpenCV/IPP), so
-   they cannot be bit-identical. Measured on Debian's darknet photos: max 1 level, mean 0.12-0.22.
+   they cannot be bit-identical. Measured on Debian's darknet photos: max 1 level, mean 0.07-0.12.
 3. End to end, with the looser bound that (2) forces: this model is sensitive to such +/-1-level noise;
-   measured score changes reach 0.019 and box changes 0.97 px (with the image crate's JPEG decoder, 3-4
-   levels off; with libjpeg-turbo now 0.012), and a detection within a few hundredths of the
+   measured score changes reach 0.017 and box changes 0.44 px (0.019 and 0.97 px when kestrel still decoded
+   with the image crate, 3-4 levels off), and a detection within a few hundredths of the
    threshold can appear on one side only. So: every detection scoring above conf + 0.05 on either side has a
    same-class partner on the other with IoU > 0.95, boxes within 1.5 px and scores within 0.03.
 """
