@@ -9,6 +9,8 @@ printf '\n== cargo fmt --check\n' >&2
 cargo fmt --all -- --check
 printf '\n== cargo clippy --all-targets -D warnings\n' >&2
 cargo clippy --release --locked --all-targets -- -D warnings
+printf '\n== kestrel bench (small; reports numbers, never fails on speed)\n' >&2
+target/release/kestrel --log warn bench --reps 2 --n 10 --json target/bench-ci.json
 printf '\n== cargo test (unit + integration)\n' >&2
 cargo test --release --locked
 printf '\n== Python reference tests (OpenCV Darknet importer, independent reference detector, converter)\n' >&2

@@ -14,6 +14,13 @@ use kestrel::sink::{Published, Sink, SinkError};
 use kestrel::source::{self, Source};
 use kestrel::yolo::Candidate;
 
+/// These tests measure timing on a 2-core machine: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sleeps `delay` per frame, records when each inference started, returns one box.
 struct SlowInference {
     delay: Duration,
@@ -114,6 +121,7 @@ fn run(src: Box<dyn Source>, delay: Duration, workers: usize, for_at_most: Durat
 
 #[test]
 fn unpaced_source_delivers_every_frame_in_order() {
+    let _serial = serial();
     for workers in [1, 3] {
         let r = run(
             synthetic(0.0, 300, SyntheticFormat::Rgb, 320, 240),
@@ -150,6 +158,7 @@ fn unpaced_source_delivers_every_frame_in_order() {
 
 #[test]
 fn slow_inference_drops_old_frames_and_infers_only_fresh_ones() {
+    let _serial = serial();
     // Camera at 100 fps (10 ms), inference takes 40 ms: saturated, ~3 of 4 frames must go.
     let interval_ms = 10.0;
     let r = run(
@@ -201,6 +210,7 @@ fn slow_inference_drops_old_frames_and_infers_only_fresh_ones() {
 
 #[test]
 fn stop_is_seen_promptly_by_every_thread() {
+    let _serial = serial();
     for format in [SyntheticFormat::Jpeg, SyntheticFormat::Yuyv, SyntheticFormat::Nv12] {
         let stop = Arc::new(AtomicBool::new(false));
         let p = Pipeline::start(
@@ -234,6 +244,7 @@ fn stop_is_seen_promptly_by_every_thread() {
 
 #[test]
 fn bad_frames_are_counted_and_skipped() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     // An MJPEG stream whose middle frame was cut short in transfer (EOI present, data missing).
     let good = std::fs::read(env!("CARGO_MANIFEST_DIR").to_string() + "/.cache/darknet/eagle.jpg")
