@@ -115,6 +115,9 @@ fn steady_state_allocates_nothing_per_frame() {
         assert!(frames >= 300);
         // The test thread's own polling and crossbeam's occasional waker registration may allocate a
         // handful of times; anything per frame would be hundreds.
-        assert!(allocs < 5, "{format:?}: {allocs} allocations over {frames} frames");
+        // Observed: 0-7 allocations per 300 frames, all 48 or 96 bytes, from crossbeam-channel's blocking-wait
+        // bookkeeping when two threads happen to wait at once; never a frame buffer, tensor or result. One
+        // allocation per frame anywhere in the pipeline would show up as >= 300.
+        assert!(allocs < 30, "{format:?}: {allocs} allocations over {frames} frames");
     }
 }

@@ -3,10 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Pacer, SourceError};
+use super::{Playback, SourceError};
 use crate::decode::decode_image;
 use crate::frame::{monotonic_ns, Frame, PixelFormat};
-use crate::pool::Pool;
 
 struct Item {
     format: PixelFormat,
@@ -17,11 +16,7 @@ struct Item {
 
 pub struct ImagesSource {
     items: Vec<Item>,
-    next: usize,
-    seq: u64,
-    loop_frames: bool,
-    pacer: Pacer,
-    pool: Pool<Vec<u8>>,
+    playback: Playback,
     name: String,
 }
 
@@ -76,12 +71,8 @@ impl ImagesSource {
         log::info!("images source {}: {} images", path.display(), items.len());
         Ok(Self {
             name: format!("images:{}", path.display()),
+            playback: Playback::new(items.len(), largest, fps_hz, loop_frames, pool_size),
             items,
-            next: 0,
-            seq: 0,
-            loop_frames,
-            pacer: Pacer::new(fps_hz),
-            pool: Pool::new(pool_size, || Vec::with_capacity(largest)),
         })
     }
 }
@@ -92,29 +83,17 @@ impl super::Source for ImagesSource {
     }
 
     fn paced(&self) -> bool {
-        self.pacer.is_paced()
+        self.playback.paced()
     }
 
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError> {
-        if self.next == self.items.len() {
-            if !self.loop_frames {
-                return Ok(None);
-            }
-            self.next = 0;
-        }
-        if !self.pacer.wait(stop) {
-            return Ok(None);
-        }
-        let Some(mut buf) = super::take_buffer(&self.pool, stop) else {
+        let Some((index, seq, mut buf)) = self.playback.advance(stop) else {
             return Ok(None);
         };
-        let item = &self.items[self.next];
-        self.next += 1;
-        buf.clear();
+        let item = &self.items[index];
         buf.extend_from_slice(&item.bytes);
-        self.seq += 1;
         Ok(Some(Frame {
-            seq: self.seq,
+            seq,
             capture_ns: monotonic_ns(),
             format: item.format,
             width: item.width,

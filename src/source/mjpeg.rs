@@ -4,9 +4,8 @@
 use std::ops::Range;
 use std::path::Path;
 
-use super::{Pacer, SourceError};
+use super::{Playback, SourceError};
 use crate::frame::{monotonic_ns, Frame, PixelFormat};
-use crate::pool::Pool;
 
 /// Result of splitting a byte stream into JPEG frames.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -114,11 +113,7 @@ fn frame_end(data: &[u8], start: usize) -> FrameEnd {
 pub struct MjpegSource {
     data: Vec<u8>,
     frames: Vec<Range<usize>>,
-    next: usize,
-    seq: u64,
-    loop_frames: bool,
-    pacer: Pacer,
-    pool: Pool<Vec<u8>>,
+    playback: Playback,
     name: String,
 }
 
@@ -152,13 +147,9 @@ impl MjpegSource {
         );
         Ok(Self {
             name: format!("mjpeg:{}", path.display()),
+            playback: Playback::new(split.frames.len(), largest, fps_hz, loop_frames, pool_size),
             frames: split.frames,
             data,
-            next: 0,
-            seq: 0,
-            loop_frames,
-            pacer: Pacer::new(fps_hz),
-            pool: Pool::new(pool_size, || Vec::with_capacity(largest)),
         })
     }
 
@@ -173,29 +164,16 @@ impl super::Source for MjpegSource {
     }
 
     fn paced(&self) -> bool {
-        self.pacer.is_paced()
+        self.playback.paced()
     }
 
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError> {
-        if self.next == self.frames.len() {
-            if !self.loop_frames {
-                return Ok(None);
-            }
-            self.next = 0;
-        }
-        if !self.pacer.wait(stop) {
-            return Ok(None);
-        }
-        let Some(mut buf) = super::take_buffer(&self.pool, stop) else {
+        let Some((index, seq, mut buf)) = self.playback.advance(stop) else {
             return Ok(None);
         };
-        let range = self.frames[self.next].clone();
-        self.next += 1;
-        buf.clear();
-        buf.extend_from_slice(&self.data[range]);
-        self.seq += 1;
+        buf.extend_from_slice(&self.data[self.frames[index].clone()]);
         Ok(Some(Frame {
-            seq: self.seq,
+            seq,
             capture_ns: monotonic_ns(),
             format: PixelFormat::Jpeg,
             width: 0,

@@ -102,6 +102,55 @@ impl Pacer {
     }
 }
 
+/// Playback state shared by the file sources: which stored frame is next, looping, pacing, buffers.
+pub(crate) struct Playback {
+    next: usize,
+    len: usize,
+    seq: u64,
+    loop_frames: bool,
+    pacer: Pacer,
+    pool: Pool<Vec<u8>>,
+}
+
+impl Playback {
+    /// `len` stored frames of at most `largest` bytes.
+    pub(crate) fn new(len: usize, largest: usize, fps_hz: f64, loop_frames: bool, pool_size: usize) -> Self {
+        let pool = Pool::new(pool_size, || Vec::with_capacity(largest));
+        Self {
+            next: 0,
+            len,
+            seq: 0,
+            loop_frames,
+            pacer: Pacer::new(fps_hz),
+            pool,
+        }
+    }
+
+    pub(crate) fn paced(&self) -> bool {
+        self.pacer.is_paced()
+    }
+
+    /// Wait for the next frame's turn: (stored frame index, sequence number, an empty buffer), or `None`
+    /// when the frames ran out (not looping) or `stop()` turned true.
+    pub(crate) fn advance(&mut self, stop: &dyn Fn() -> bool) -> Option<(usize, u64, Pooled<Vec<u8>>)> {
+        if self.next == self.len {
+            if !self.loop_frames {
+                return None;
+            }
+            self.next = 0;
+        }
+        if !self.pacer.wait(stop) {
+            return None;
+        }
+        let mut buf = take_buffer(&self.pool, stop)?;
+        buf.clear();
+        let index = self.next;
+        self.next += 1;
+        self.seq += 1;
+        Some((index, self.seq, buf))
+    }
+}
+
 /// Take a frame buffer, waiting (in [`POLL`] slices) while every buffer is in flight.
 pub(crate) fn take_buffer(pool: &Pool<Vec<u8>>, stop: &dyn Fn() -> bool) -> Option<Pooled<Vec<u8>>> {
     loop {
