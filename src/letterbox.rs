@@ -134,8 +134,8 @@ impl TensorElement for f16 {
 #[derive(Default)]
 pub struct Preprocessor {
     plan: Option<BilinearPlan>,
-    /// Horizontally resampled source rows (fixed point, ×2048), tagged with their source row.
-    hrows: [(usize, Vec<u32>); 2],
+    /// One vertically blended source row (fixed point, ×2048).
+    vrow: Vec<u32>,
     row: Vec<u8>,
 }
 
@@ -168,8 +168,12 @@ fn taps(src: u32, dst: u32) -> impl Iterator<Item = (u32, u32, u32, u32)> {
         if i >= last {
             (i, frac) = (last, 0.0);
         }
-        let i = i as u32;
-        let w1 = (frac * f64::from(COEF_ONE)).round() as u32;
+        let (i, w1) = (i as u32, (frac * f64::from(COEF_ONE)).round() as u32);
+        if i + 1 == src && src >= 2 {
+            // The last pixel: the same value as taking all of it from the pair (src-2, src-1), which lets every
+            // tap read two adjacent pixels.
+            return (i - 1, i, 0, COEF_ONE);
+        }
         (i, (i + 1).min(src - 1), COEF_ONE - w1, w1)
     })
 }
@@ -188,37 +192,38 @@ impl BilinearPlan {
     }
 }
 
-fn hresample(plan: &BilinearPlan, src_row: &[u8], out: &mut [u32]) {
+/// Blend two source rows: `w0 * a + w1 * b` (contiguous, so the compiler vectorises it).
+fn vblend(a: &[u8], b: &[u8], w0: u32, w1: u32, out: &mut [u32]) {
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        *o = w0 * u32::from(*x) + w1 * u32::from(*y);
+    }
+}
+
+/// Resample a vertically blended row horizontally and round back to u8.
+fn hresample(plan: &BilinearPlan, vrow: &[u32], out: &mut [u8]) {
+    const ROUND: u32 = 1 << (2 * COEF_BITS - 1);
+    let px = |v: u32| ((v + ROUND) >> (2 * COEF_BITS)).min(255) as u8;
+    if plan.key.0 >= 2 {
+        // Every tap reads two adjacent pixels (see `taps`): one 6-value window per output pixel.
+        for (o, &(x0, _, w0, w1)) in out.chunks_exact_mut(3).zip(&plan.xs) {
+            let p = &vrow[x0 as usize..x0 as usize + 6];
+            o[0] = px(w0 * p[0] + w1 * p[3]);
+            o[1] = px(w0 * p[1] + w1 * p[4]);
+            o[2] = px(w0 * p[2] + w1 * p[5]);
+        }
+        return;
+    }
     for (o, &(x0, x1, w0, w1)) in out.chunks_exact_mut(3).zip(&plan.xs) {
-        let (a, b) = (
-            &src_row[x0 as usize..x0 as usize + 3],
-            &src_row[x1 as usize..x1 as usize + 3],
-        );
-        o[0] = w0 * u32::from(a[0]) + w1 * u32::from(b[0]);
-        o[1] = w0 * u32::from(a[1]) + w1 * u32::from(b[1]);
-        o[2] = w0 * u32::from(a[2]) + w1 * u32::from(b[2]);
+        let (a, b) = (&vrow[x0 as usize..x0 as usize + 3], &vrow[x1 as usize..x1 as usize + 3]);
+        o[0] = px(w0 * a[0] + w1 * b[0]);
+        o[1] = px(w0 * a[1] + w1 * b[1]);
+        o[2] = px(w0 * a[2] + w1 * b[2]);
     }
 }
 
 impl Preprocessor {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Make sure `hrows` holds source row `sy` horizontally resampled; returns its slot.
-    fn hrow(&mut self, rgb: &[u8], src_w: usize, sy: usize, keep: usize) -> usize {
-        if let Some(slot) = self.hrows.iter().position(|(tag, _)| *tag == sy) {
-            return slot;
-        }
-        let slot = usize::from(self.hrows[0].0 == keep);
-        let plan = self
-            .plan
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("plan built before rows"));
-        let (tag, buf) = &mut self.hrows[slot];
-        hresample(plan, &rgb[sy * src_w * 3..(sy + 1) * src_w * 3], buf);
-        *tag = sy;
-        slot
     }
 
     /// Letterbox a packed RGB8 image (`width*height*3` bytes) into `out`, a CHW tensor of
@@ -276,21 +281,23 @@ impl Preprocessor {
         let key = (src_w, src_h, lb.new_w, lb.new_h);
         if self.plan.as_ref().is_none_or(|p| p.key != key) {
             self.plan = Some(BilinearPlan::new(src_w, src_h, lb.new_w, lb.new_h));
-            for (tag, buf) in &mut self.hrows {
-                *tag = usize::MAX;
-                buf.resize(nw * 3, 0);
-            }
         }
-        let mut row = std::mem::take(&mut self.row);
-        let (sw, round) = (src_w as usize, 1u32 << (2 * COEF_BITS - 1));
+        let Some(plan) = self.plan.as_ref() else {
+            unreachable!("plan built just above")
+        };
+        let stride = src_w as usize * 3;
+        self.vrow.resize(stride, 0);
+        let (vrow, mut row) = (&mut self.vrow, std::mem::take(&mut self.row));
         write_chw(lb, out, &lut, &mut row, |y, dst| {
-            let (y0, y1, w0, w1) = self.plan.as_ref().map_or((0, 0, COEF_ONE, 0), |p| p.ys[y]);
-            let s0 = self.hrow(rgb, sw, y0, y1);
-            let s1 = self.hrow(rgb, sw, y1, y0);
-            let (h0, h1) = (&self.hrows[s0].1, &self.hrows[s1].1);
-            for ((d, a), b) in dst.iter_mut().zip(h0).zip(h1) {
-                *d = ((w0 * a + w1 * b + round) >> (2 * COEF_BITS)).min(255) as u8;
-            }
+            let (y0, y1, w0, w1) = plan.ys[y];
+            vblend(
+                &rgb[y0 * stride..(y0 + 1) * stride],
+                &rgb[y1 * stride..(y1 + 1) * stride],
+                w0,
+                w1,
+                vrow,
+            );
+            hresample(plan, vrow, dst);
         });
         self.row = row;
         Ok(())

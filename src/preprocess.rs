@@ -103,7 +103,10 @@ pub struct FramePreprocessor {
 
 impl FramePreprocessor {
     pub fn new(scaled_jpeg: bool) -> Result<Self, PreprocessError> {
-        let jpeg = Decompressor::new().map_err(|e| PreprocessError::Jpeg(e.to_string()))?;
+        let mut jpeg = Decompressor::new().map_err(|e| PreprocessError::Jpeg(e.to_string()))?;
+        // The fast path also takes libjpeg-turbo's fast chroma upsampling (~10 % of decode time at 1080p).
+        jpeg.set_fast_upsample(scaled_jpeg)
+            .map_err(|e| PreprocessError::Jpeg(e.to_string()))?;
         Ok(Self {
             jpeg,
             rgb: Vec::new(),
