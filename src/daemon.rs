@@ -87,13 +87,8 @@ pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> any
     let detector = Detector::load(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts)?;
     let info = &detector.info;
     log::info!(
-        "model {}: {}x{} {:?}, {:?}; ONNX Runtime {} (CPU, {intra} threads); {workers} preprocessing workers",
-        info.path.display(),
-        info.input_width,
-        info.input_height,
-        info.input_precision,
-        info.layout,
-        rt.version,
+        "model {info}; ONNX Runtime {} (CPU, {intra} threads); {workers} preprocessing workers",
+        rt.version
     );
     let labels: Arc<[String]> = info.labels.clone().into();
     let pool = source::buffer_pool_size(workers, cfg.pipeline.queue_depth);

@@ -156,17 +156,7 @@ fn load_detector(ort_lib: Option<&Path>, m: &ModelArgs) -> anyhow::Result<Detect
         ..Default::default()
     };
     let detector = Detector::load(rt, &model, m.labels.as_deref(), &opts)?;
-    let i = &detector.info;
-    log::info!(
-        "model {}: input {}x{} {:?}, output {:?}, {} labels ({})",
-        i.path.display(),
-        i.input_width,
-        i.input_height,
-        i.input_precision,
-        i.layout,
-        i.labels.len(),
-        i.labels_source
-    );
+    log::info!("model {}", detector.info);
     Ok(detector)
 }
 

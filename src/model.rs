@@ -66,6 +66,22 @@ pub struct ModelInfo {
     pub labels_source: String,
 }
 
+impl std::fmt::Display for ModelInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: input {}x{} {:?}, output {:?}, {} labels ({})",
+            self.path.display(),
+            self.input_width,
+            self.input_height,
+            self.input_precision,
+            self.layout,
+            self.labels.len(),
+            self.labels_source
+        )
+    }
+}
+
 /// A model input tensor in the precision the model wants, CHW, batch 1.
 #[derive(Clone, Debug)]
 pub enum InputTensor {

@@ -158,6 +158,20 @@ fn push_latest<T>(tx: &Sender<T>, rx: &Receiver<T>, mut item: T, metrics: &Metri
     }
 }
 
+/// The next item, waiting in `poll` slices; `None` once `stopped()` or every sender is gone.
+fn recv_or_stop<T>(rx: &Receiver<T>, poll: Duration, stopped: &dyn Fn() -> bool) -> Option<T> {
+    loop {
+        if stopped() {
+            return None;
+        }
+        match rx.recv_timeout(poll) {
+            Ok(item) => return Some(item),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
 /// Queue `item`, waiting (in `poll` slices) while the queue is full. False if stopped or disconnected.
 fn send_blocking<T>(tx: &Sender<T>, mut item: T, poll: Duration, stopped: &dyn Fn() -> bool) -> bool {
     loop {
@@ -303,15 +317,8 @@ impl Pipeline {
                         }
                     };
                     wait_until_needed(&pace, poll, &stopped);
-                    let frame = loop {
-                        if stopped() {
-                            return Ok(());
-                        }
-                        match frames_rx.recv_timeout(poll) {
-                            Ok(f) => break f,
-                            Err(RecvTimeoutError::Timeout) => continue,
-                            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                        }
+                    let Some(frame) = recv_or_stop(&frames_rx, poll, &stopped) else {
+                        return Ok(());
                     };
                     let t0 = Instant::now();
                     m.record(
@@ -354,15 +361,7 @@ impl Pipeline {
             let conf = opts.thresholds.conf;
             p.spawn("inference", move || {
                 let mut last_seq = 0u64;
-                loop {
-                    if stopped() {
-                        return Ok(());
-                    }
-                    let mut item = match rx.recv_timeout(poll) {
-                        Ok(i) => i,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                    };
+                while let Some(mut item) = recv_or_stop(&rx, poll, &stopped) {
                     // Live sources: the newest prepared frame wins. Unpaced files: every frame, in arrival order.
                     if paced {
                         while let Ok(newer) = rx.try_recv() {
@@ -410,6 +409,7 @@ impl Pipeline {
                         return Ok(());
                     }
                 }
+                Ok(())
             })?;
         }
 
@@ -418,13 +418,8 @@ impl Pipeline {
             let (m, rx, tx, stopped) = (metrics.clone(), inferred_rx, finished_tx, stopped.clone());
             let th = opts.thresholds;
             p.spawn("postprocess", move || loop {
-                if stopped() {
+                let Some(mut item) = recv_or_stop(&rx, poll, &stopped) else {
                     return Ok(());
-                }
-                let mut item = match rx.recv_timeout(poll) {
-                    Ok(i) => i,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
                 };
                 let Some(mut dets) = detection_pool.take_timeout(poll) else {
                     continue;
@@ -454,15 +449,7 @@ impl Pipeline {
             let (m, rx, stopped) = (metrics.clone(), finished_rx, stopped);
             p.spawn("sink", move || {
                 let mut fps = FpsMeter::new();
-                loop {
-                    if stopped() {
-                        return Ok(());
-                    }
-                    let item = match rx.recv_timeout(poll) {
-                        Ok(i) => i,
-                        Err(RecvTimeoutError::Timeout) => continue,
-                        Err(RecvTimeoutError::Disconnected) => return Ok(()),
-                    };
+                while let Some(item) = recv_or_stop(&rx, poll, &stopped) {
                     let publish_ns = monotonic_ns();
                     sink.publish(&Published {
                         seq: item.seq,
@@ -480,6 +467,7 @@ impl Pipeline {
                         Duration::from_nanos(publish_ns.saturating_sub(item.capture_ns)),
                     );
                 }
+                Ok(())
             })?;
         }
         Ok(p)
