@@ -577,28 +577,38 @@ fn wait_until_needed(pace: &Pace, poll: Duration, stopped: &dyn Fn() -> bool) {
     }
 }
 
-/// Published frames per second over a sliding second.
+/// Published frames per second: frame intervals over (about) the last second; before the first full second,
+/// an estimate from the frames so far.
 struct FpsMeter {
-    window_start: Instant,
-    count: u32,
+    window_start: Option<Instant>,
+    intervals: u32,
+    settled: bool,
     fps: f64,
 }
 
 impl FpsMeter {
     fn new() -> Self {
         Self {
-            window_start: Instant::now(),
-            count: 0,
+            window_start: None,
+            intervals: 0,
+            settled: false,
             fps: 0.0,
         }
     }
+
     fn tick(&mut self) -> f64 {
-        self.count += 1;
-        let e = self.window_start.elapsed();
-        if e >= Duration::from_secs(1) {
-            self.fps = f64::from(self.count) / e.as_secs_f64();
-            self.window_start = Instant::now();
-            self.count = 0;
+        let now = Instant::now();
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now);
+            return self.fps;
+        };
+        self.intervals += 1;
+        let e = now.duration_since(start).as_secs_f64();
+        if e >= 1.0 || !self.settled {
+            self.fps = f64::from(self.intervals) / e.max(1e-6);
+        }
+        if e >= 1.0 {
+            (self.window_start, self.intervals, self.settled) = (Some(now), 0, true);
         }
         self.fps
     }
