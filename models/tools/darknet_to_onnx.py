@@ -15,11 +15,9 @@ import hashlib
 import sys
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 13
-IR_VERSION = 8
+from onnx_common import coco_names_meta, finish_model
 
 
 def parse_cfg(path):
@@ -177,26 +175,8 @@ def convert(cfg_path, weights_path, names, size, fp16):
 
     out = g.op("Concat", heads, stem="concat", axis=1)
     g.nodes.append(helper.make_node("Identity", [out], ["output0"], name="output0"))
-    graph = helper.make_graph(
-        g.nodes,
-        "yolov3_tiny_darknet",
-        [helper.make_tensor_value_info("images", dtype, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output0", dtype, None)],
-        g.inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="kestrel-darknet-to-onnx",
-        producer_version="1",
-    )
-    model.ir_version = IR_VERSION
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    out_shape = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-    if len(out_shape) != 3 or out_shape[0] != 1 or out_shape[2] != 5 + nc:
-        raise SystemExit(f"unexpected output shape {out_shape}")
     meta = {
-        "names": "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(names)) + "}",
+        "names": coco_names_meta(names),
         "imgsz": f"[{size}, {size}]",
         "stride": "32",
         "task": "detect",
@@ -204,10 +184,10 @@ def convert(cfg_path, weights_path, names, size, fp16):
         "source_weights_sha256": hashlib.sha256(open(weights_path, "rb").read()).hexdigest(),
         "precision": "fp16" if fp16 else "fp32",
     }
-    for k in sorted(meta):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, meta[k]
-    onnx.checker.check_model(model, full_check=True)
+    model, out_shape = finish_model(g.nodes, g.inits, "yolov3_tiny_darknet", "images", [1, 3, size, size], "output0",
+                                    dtype, "kestrel-darknet-to-onnx", meta)
+    if len(out_shape) != 3 or out_shape[0] != 1 or out_shape[2] != 5 + nc:
+        raise SystemExit(f"unexpected output shape {out_shape}")
     return model, out_shape
 
 

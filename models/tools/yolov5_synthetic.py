@@ -26,11 +26,9 @@ import math
 import sys
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 13
-IR_VERSION = 8
+from onnx_common import coco_names_meta, finish_model
 
 VARIANTS = {"n": (0.33, 0.25), "s": (0.33, 0.50)}  # depth_multiple, width_multiple
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
@@ -299,27 +297,8 @@ def build(variant, size, seed, fp16):
         layers.append(x)
     assert strides == [8, 16, 32], strides
 
-    graph = helper.make_graph(
-        g.nodes,
-        f"yolov5{variant}_synthetic",
-        [helper.make_tensor_value_info("images", dtype, [1, 3, size, size])],
-        [helper.make_tensor_value_info(out, dtype, None)],
-        g.inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="kestrel-yolov5-synthetic",
-        producer_version="1",
-    )
-    model.ir_version = IR_VERSION
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    out_shape = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-    rows = 3 * sum((size // s) ** 2 for s in (8, 16, 32))
-    if out_shape != [1, rows, 5 + nc]:
-        raise SystemExit(f"unexpected output shape {out_shape}")
     meta = {
-        "names": "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(COCO)) + "}",
+        "names": coco_names_meta(COCO),
         "imgsz": f"[{size}, {size}]",
         "stride": "32",
         "task": "detect",
@@ -328,10 +307,11 @@ def build(variant, size, seed, fp16):
         "seed": str(seed),
         "precision": "fp16" if fp16 else "fp32",
     }
-    for k in sorted(meta):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, meta[k]
-    onnx.checker.check_model(model, full_check=True)
+    model, out_shape = finish_model(g.nodes, g.inits, f"yolov5{variant}_synthetic", "images", [1, 3, size, size], out,
+                                    dtype, "kestrel-yolov5-synthetic", meta)
+    rows = 3 * sum((size // s) ** 2 for s in (8, 16, 32))
+    if out_shape != [1, rows, 5 + nc]:
+        raise SystemExit(f"unexpected output shape {out_shape}")
     return model, out_shape, g.params
 
 
