@@ -324,64 +324,36 @@ mod tests {
     fn wrong_sizes_and_garbage_are_errors() {
         let mut fp = FramePreprocessor::new(true).unwrap();
         let mut t = InputTensor::F32(vec![0.0; 3 * 32 * 32]);
-        assert!(matches!(
+        let mut raw = |format, width, height, data: &[u8]| {
             fp.prepare(
                 Pixels {
-                    format: PixelFormat::Yuyv,
-                    width: 4,
-                    height: 4,
-                    data: &[0; 31]
+                    format,
+                    width,
+                    height,
+                    data,
                 },
                 &mut t,
                 32,
-                32
-            ),
-            Err(PreprocessError::FrameSize { .. })
-        ));
-        assert!(matches!(
-            fp.prepare(
-                Pixels {
-                    format: PixelFormat::Nv12,
-                    width: 4,
-                    height: 4,
-                    data: &[0; 23]
-                },
-                &mut t,
                 32,
-                32
-            ),
+            )
+            .map(|_| ())
+        };
+        assert!(matches!(
+            raw(PixelFormat::Yuyv, 4, 4, &[0; 31]),
             Err(PreprocessError::FrameSize { .. })
         ));
         assert!(matches!(
-            fp.prepare(
-                Pixels {
-                    format: PixelFormat::Rgb,
-                    width: 0,
-                    height: 4,
-                    data: &[]
-                },
-                &mut t,
-                32,
-                32
-            ),
+            raw(PixelFormat::Nv12, 4, 4, &[0; 23]),
             Err(PreprocessError::FrameSize { .. })
         ));
         assert!(matches!(
-            fp.prepare(Pixels::jpeg(b"nope"), &mut t, 32, 32),
+            raw(PixelFormat::Rgb, 0, 4, &[]),
+            Err(PreprocessError::FrameSize { .. })
+        ));
+        assert!(raw(PixelFormat::Yuyv, 4, 4, &[128; 32]).is_ok());
+        assert!(matches!(
+            raw(PixelFormat::Jpeg, 0, 0, b"nope"),
             Err(PreprocessError::Jpeg(_))
         ));
-        assert!(fp
-            .prepare(
-                Pixels {
-                    format: PixelFormat::Yuyv,
-                    width: 4,
-                    height: 4,
-                    data: &[128; 32]
-                },
-                &mut t,
-                32,
-                32
-            )
-            .is_ok());
     }
 }

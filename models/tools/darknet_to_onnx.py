@@ -15,9 +15,9 @@ import hashlib
 import sys
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from onnx_common import coco_names_meta, finish_model
+from onnx_common import GraphBuilder, coco_names_meta, finish_model
 
 
 def parse_cfg(path):
@@ -59,27 +59,6 @@ class Weights:
             raise SystemExit(f"weights file has {self.buf.size - self.pos} unread floats: cfg and weights disagree")
 
 
-class Graph:
-    def __init__(self, dtype):
-        self.nodes, self.inits = [], []
-        self.np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
-        self.counter = 0
-
-    def name(self, stem):
-        self.counter += 1
-        return f"{stem}_{self.counter}"
-
-    def const(self, stem, array, dtype=None):
-        n = self.name(stem)
-        self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype or self.np_dtype), n))
-        return n
-
-    def op(self, op_type, inputs, stem=None, **attrs):
-        out = self.name(stem or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
-
-
 def yolo_head(g, x, sec, ny, nx, stride, nc):
     """Decode one Darknet [yolo] head to rows [1, na*ny*nx, 5+nc] in the YOLOv5 layout."""
     anchors = np.array([float(v) for v in sec["anchors"].split(",")]).reshape(-1, 2)
@@ -105,7 +84,7 @@ def convert(cfg_path, weights_path, names, size, fp16):
     net, sections = parse_cfg(cfg_path)
     weights = Weights(weights_path)
     dtype = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
-    g = Graph(dtype)
+    g = GraphBuilder(dtype)
     nc = len(names)
 
     x, c, h, w = "images", int(net.get("channels", 3)), size, size

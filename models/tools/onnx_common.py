@@ -1,7 +1,8 @@
 """What the model tools share: wrapping a node list into a checked, shape-inferred ONNX model with
 Ultralytics-style metadata, written deterministically."""
+import numpy as np
 import onnx
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 13
 IR_VERSION = 8
@@ -32,3 +33,26 @@ def finish_model(nodes, inits, name, in_name, in_shape, out_name, dtype, produce
 def coco_names_meta(names):
     """Ultralytics' `names` metadata: a Python dict literal {0: 'person', ...}."""
     return "{" + ", ".join(f"{i}: '{n}'" for i, n in enumerate(names)) + "}"
+
+
+class GraphBuilder:
+    """Nodes and initialisers with unique, deterministic names (`stem_<counter>`), in the given precision."""
+
+    def __init__(self, dtype):
+        self.nodes, self.inits = [], []
+        self.np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+        self.counter = 0
+
+    def name(self, stem):
+        self.counter += 1
+        return f"{stem}_{self.counter}"
+
+    def const(self, stem, array, dtype=None):
+        n = self.name(stem)
+        self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype or self.np_dtype), n))
+        return n
+
+    def op(self, op_type, inputs, stem=None, out=None, **attrs):
+        out = out or self.name(stem or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out

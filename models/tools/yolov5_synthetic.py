@@ -28,7 +28,7 @@ import sys
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_common import coco_names_meta, finish_model
+from onnx_common import GraphBuilder, coco_names_meta, finish_model
 
 VARIANTS = {"n": (0.33, 0.25), "s": (0.33, 0.50)}  # depth_multiple, width_multiple
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
@@ -150,34 +150,18 @@ class T:
         return self.val.shape[2]
 
 
-class Graph:
+class Graph(GraphBuilder):
     """Builds the ONNX graph and, alongside, runs it in float64 on calibration images to fold BN statistics."""
 
     def __init__(self, dtype, seed):
-        self.nodes, self.inits = [], []
-        self.np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+        super().__init__(dtype)
         self.rng = np.random.default_rng(seed)
-        self.counter = 0
         self.params = 0
-
-    def name(self, stem):
-        self.counter += 1
-        return f"{stem}_{self.counter}"
-
-    def const(self, stem, array, dtype=None):
-        n = self.name(stem)
-        self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=dtype or self.np_dtype), n))
-        return n
 
     def param(self, name, array):
         self.params += array.size
         self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=self.np_dtype), name))
         return name
-
-    def op(self, op_type, inputs, stem=None, out=None, **attrs):
-        out = out or self.name(stem or op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
 
     def conv2d(self, prefix, x, c2, k, s, p, std, mean):
         """Conv2d with He-normal weights, then the folded BN that makes each output channel ~ N(mean, std^2).
