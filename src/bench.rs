@@ -13,7 +13,6 @@ use anyhow::Context as _;
 
 use crate::config::{Config, SourceKind};
 use crate::daemon::{cores, pipeline_options};
-use crate::frame::PixelFormat;
 use crate::model::{Detector, InputTensor, SessionOptions};
 use crate::pipeline::{default_workers, Pipeline};
 use crate::preprocess::{FramePreprocessor, Pixels};
@@ -174,17 +173,7 @@ fn bench_model(ort: Option<&Path>, a: &BenchArgs, model: &Path, frames: &[Vec<u8
         let t = Instant::now();
         for i in 0..a.n {
             let f = &frames[i % frames.len()];
-            prep.prepare(
-                Pixels {
-                    format: PixelFormat::Jpeg,
-                    width: 0,
-                    height: 0,
-                    data: f,
-                },
-                &mut tensor,
-                w,
-                h,
-            )?;
+            prep.prepare(Pixels::jpeg(f), &mut tensor, w, h)?;
         }
         fb.push(t.elapsed().as_secs_f64() * 1e3 / a.n as f64);
         // (c) the full pipeline; the first frames (start-up) are not counted

@@ -43,6 +43,20 @@ pub enum SourceKind {
     Mjpeg,
     /// Generated frames with moving shapes, for load tests.
     Synthetic,
+    /// A V4L2 camera (`device`).
+    V4l2,
+}
+
+/// Camera pixel formats Kestrel can take, in the names the config uses.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraFormat {
+    /// Motion JPEG (`MJPG`, also `JPEG`): the camera compresses, least USB bandwidth.
+    Mjpeg,
+    /// Packed 4:2:2 (`YUYV`).
+    Yuyv,
+    /// Semi-planar 4:2:0 (`NV12`).
+    Nv12,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -71,6 +85,18 @@ pub struct SourceConfig {
     pub format: SyntheticFormat,
     /// `synthetic`: stop after this many frames (0: never).
     pub frames: u64,
+    /// `v4l2`: the device, by path; a stable `/dev/v4l/by-id/…` or `/dev/v4l/by-path/…` name survives the
+    /// camera coming back as another `/dev/videoN`. Used as given (not relative to the config file).
+    pub device: PathBuf,
+    /// `v4l2`: pixel formats in order of preference; the first one the camera offers is used.
+    pub pixel_formats: Vec<CameraFormat>,
+    /// `v4l2`: mmap buffers the driver cycles through.
+    pub buffers: u32,
+    /// `v4l2`: no frame for this long while streaming counts as a dequeue timeout and restarts the stream.
+    pub dequeue_timeout_ms: u64,
+    /// `v4l2`: after losing the camera, retry opening it after this long, doubling up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
 }
 
 impl Default for SourceConfig {
@@ -84,6 +110,12 @@ impl Default for SourceConfig {
             height: 1080,
             format: SyntheticFormat::Jpeg,
             frames: 0,
+            device: PathBuf::from("/dev/video0"),
+            pixel_formats: vec![CameraFormat::Mjpeg, CameraFormat::Yuyv, CameraFormat::Nv12],
+            buffers: 4,
+            dequeue_timeout_ms: 2000,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 2000,
         }
     }
 }
@@ -262,13 +294,57 @@ impl Config {
             SourceKind::Images | SourceKind::Mjpeg if self.source.path.as_os_str().is_empty() => {
                 return bad("source.path", "required for this source kind".into())
             }
-            SourceKind::Synthetic => {
+            SourceKind::Synthetic | SourceKind::V4l2 => {
                 let (w, h) = (self.source.width, self.source.height);
                 if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) || w % 2 != 0 || h % 2 != 0 {
                     return bad("source.width", format!("{w}x{h}: each side must be even and 16..=8192"));
                 }
             }
             _ => {}
+        }
+        if self.source.kind == SourceKind::V4l2 {
+            let s = &self.source;
+            if s.device.as_os_str().is_empty() {
+                return bad("source.device", "required for kind = \"v4l2\"".into());
+            }
+            if s.device.as_os_str().as_encoded_bytes().contains(&0) {
+                return bad("source.device", "contains a NUL byte".into());
+            }
+            if s.pixel_formats.is_empty() {
+                return bad("source.pixel_formats", "list at least one of mjpeg, yuyv, nv12".into());
+            }
+            if let Some(d) = s
+                .pixel_formats
+                .iter()
+                .enumerate()
+                .find(|(i, f)| s.pixel_formats[..*i].contains(f))
+            {
+                return bad("source.pixel_formats", format!("{:?} is listed twice", d.1));
+            }
+            if !(2..=32).contains(&s.buffers) {
+                return bad("source.buffers", format!("{} is not between 2 and 32", s.buffers));
+            }
+            if !(100..=60_000).contains(&s.dequeue_timeout_ms) {
+                return bad(
+                    "source.dequeue_timeout_ms",
+                    format!("{} is not between 100 and 60000", s.dequeue_timeout_ms),
+                );
+            }
+            if !(10..=60_000).contains(&s.reconnect_min_ms) {
+                return bad(
+                    "source.reconnect_min_ms",
+                    format!("{} is not between 10 and 60000", s.reconnect_min_ms),
+                );
+            }
+            if s.reconnect_max_ms < s.reconnect_min_ms || s.reconnect_max_ms > 600_000 {
+                return bad(
+                    "source.reconnect_max_ms",
+                    format!(
+                        "{} must be at least reconnect_min_ms ({}) and at most 600000",
+                        s.reconnect_max_ms, s.reconnect_min_ms
+                    ),
+                );
+            }
         }
         if self.pipeline.queue_depth == 0 || self.pipeline.queue_depth > 64 {
             return bad(
@@ -333,6 +409,41 @@ mod tests {
         assert!(e.contains("`output.path`"), "{e}");
         let e = parse("[model]\nconf = \"high\"\n").unwrap_err().to_string();
         assert!(e.contains("conf"), "{e}");
+    }
+
+    #[test]
+    fn v4l2_source_fields_are_validated() {
+        let c =
+            parse("[source]\nkind = \"v4l2\"\ndevice = \"/dev/v4l/by-id/cam\"\nwidth = 640\nheight = 480\n").unwrap();
+        assert_eq!(c.source.device, Path::new("/dev/v4l/by-id/cam"));
+        assert_eq!(
+            c.source.pixel_formats,
+            [CameraFormat::Mjpeg, CameraFormat::Yuyv, CameraFormat::Nv12]
+        );
+        let e = parse("[source]\nkind = \"v4l2\"\npixel_formats = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`source.pixel_formats`"), "{e}");
+        let e = parse("[source]\nkind = \"v4l2\"\npixel_formats = [\"yuyv\", \"yuyv\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = parse("[source]\nkind = \"v4l2\"\npixel_formats = [\"h264\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("h264"), "{e}");
+        let e = parse("[source]\nkind = \"v4l2\"\nbuffers = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`source.buffers`"), "{e}");
+        let e = parse("[source]\nkind = \"v4l2\"\nreconnect_min_ms = 500\nreconnect_max_ms = 100\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`source.reconnect_max_ms`"), "{e}");
+        let e = parse("[source]\nkind = \"v4l2\"\nwidth = 641\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`source.width`"), "{e}");
     }
 
     #[test]

@@ -139,6 +139,7 @@ impl ImageDetector {
                 width,
                 height,
                 data,
+                yuv: crate::yuv::YuvSpec::BT601_LIMITED,
             },
             &mut self.input,
             w,

@@ -1,6 +1,7 @@
 //! Frames as they travel from a source into the pipeline.
 
 use crate::pool::Pooled;
+use crate::yuv::YuvSpec;
 
 /// Pixel layout of a frame's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -27,6 +28,8 @@ pub struct Frame {
     /// Pixel size; 0 for JPEG until decoded.
     pub width: u32,
     pub height: u32,
+    /// How YUYV/NV12 samples map to RGB (from the driver's format; ignored for JPEG and RGB).
+    pub yuv: YuvSpec,
     pub data: Pooled<Vec<u8>>,
 }
 

@@ -137,6 +137,8 @@ pub struct Preprocessor {
     /// One vertically blended source row (fixed point, ×2048).
     vrow: Vec<u32>,
     row: Vec<u8>,
+    /// Two source rows produced on demand by [`Preprocessor::letterbox_rows_into`].
+    src_rows: [Vec<u8>; 2],
 }
 
 /// Fixed-point weight scale of the resampler (11 bits, as OpenCV's `INTER_RESIZE_COEF_BITS`).
@@ -302,6 +304,88 @@ impl Preprocessor {
         self.row = row;
         Ok(())
     }
+}
+
+impl Preprocessor {
+    /// Letterbox an image that is produced row by row: `row(y, dst)` writes source row `y` (0..`src_h`) as
+    /// packed RGB8 (`src_w*3` bytes) into `dst`. Only the rows the resampler reads are produced, each at most
+    /// once per call (a two-row cache), so a YUV frame is converted and resized in one pass without a
+    /// full-size RGB copy. Output is identical to converting the whole image first and calling
+    /// [`Self::letterbox_into`].
+    pub fn letterbox_rows_into<T: TensorElement>(
+        &mut self,
+        src_w: u32,
+        src_h: u32,
+        lb: &Letterbox,
+        out: &mut [T],
+        mut row: impl FnMut(usize, &mut [u8]),
+    ) -> Result<(), LetterboxError> {
+        if src_w == 0 || src_h == 0 {
+            return Err(LetterboxError::EmptyImage {
+                width: src_w,
+                height: src_h,
+            });
+        }
+        let plane = lb.dst_w as usize * lb.dst_h as usize;
+        if out.len() != 3 * plane {
+            return Err(LetterboxError::TensorSize {
+                width: lb.dst_w,
+                height: lb.dst_h,
+                got: out.len(),
+                want: 3 * plane,
+            });
+        }
+        let lut = unit_lut::<T>();
+        let stride = src_w as usize * 3;
+        self.row.resize(lb.new_w as usize * 3, 0);
+        let mut out_row = std::mem::take(&mut self.row);
+        if (lb.new_w, lb.new_h) == (src_w, src_h) {
+            write_chw(lb, out, &lut, &mut out_row, |y, dst| row(y, dst));
+            self.row = out_row;
+            return Ok(());
+        }
+        let key = (src_w, src_h, lb.new_w, lb.new_h);
+        if self.plan.as_ref().is_none_or(|p| p.key != key) {
+            self.plan = Some(BilinearPlan::new(src_w, src_h, lb.new_w, lb.new_h));
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            unreachable!("plan built just above")
+        };
+        self.vrow.resize(stride, 0);
+        for r in &mut self.src_rows {
+            r.resize(stride, 0);
+        }
+        let (vrow, rows) = (&mut self.vrow, &mut self.src_rows);
+        // Which source row each cache slot holds; reset per call (the producer's frame changes).
+        let mut held: [Option<usize>; 2] = [None, None];
+        write_chw(lb, out, &lut, &mut out_row, |y, dst| {
+            let (y0, y1, w0, w1) = plan.ys[y];
+            let keep = held.iter().position(|h| *h == Some(y1));
+            let a = cached_row(&mut held, rows, y0, keep, &mut row);
+            let b = cached_row(&mut held, rows, y1, Some(a), &mut row);
+            vblend(&rows[a], &rows[b], w0, w1, vrow);
+            hresample(plan, vrow, dst);
+        });
+        self.row = out_row;
+        Ok(())
+    }
+}
+
+/// The cache slot holding source row `want`, producing it into a slot other than `keep` if needed.
+fn cached_row(
+    held: &mut [Option<usize>; 2],
+    rows: &mut [Vec<u8>; 2],
+    want: usize,
+    keep: Option<usize>,
+    produce: &mut impl FnMut(usize, &mut [u8]),
+) -> usize {
+    if let Some(i) = held.iter().position(|h| *h == Some(want)) {
+        return i;
+    }
+    let i = usize::from(keep == Some(0));
+    held[i] = Some(want);
+    produce(want, &mut rows[i]);
+    i
 }
 
 /// Lookup table u8 → normalised tensor value.

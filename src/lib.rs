@@ -40,3 +40,4 @@ pub mod pool;
 pub mod preprocess;
 pub mod sink;
 pub mod source;
+pub mod yuv;

@@ -52,6 +52,46 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Measure bare inference, preprocessing and the full pipeline, interleaved.
     Bench(kestrel::bench::BenchArgs),
+    /// List V4L2 cameras with their pixel formats, sizes and frame rates.
+    Devices(DevicesArgs),
+}
+
+#[derive(Args)]
+struct DevicesArgs {
+    /// Only these nodes (default: every /dev/video*).
+    #[arg(value_name = "DEVICE")]
+    devices: Vec<PathBuf>,
+    /// One JSON array instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_devices(a: &DevicesArgs) -> ExitCode {
+    use kestrel::source::v4l2::devices;
+    let list: Vec<_> = if a.devices.is_empty() {
+        devices::list()
+    } else {
+        a.devices.iter().map(|d| devices::describe(d)).collect()
+    };
+    let out = if a.json {
+        match serde_json::to_string_pretty(&list) {
+            Ok(s) => s + "\n",
+            Err(e) => {
+                report!("kestrel: error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        devices::render(&list)
+    };
+    if std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes()).is_err() {
+        return ExitCode::from(1);
+    }
+    // Named devices that could not be queried are an error; an empty machine is not.
+    if !a.devices.is_empty() && list.iter().any(|d| d.error.is_some()) {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
 }
 
 #[derive(Args)]
@@ -68,6 +108,9 @@ struct RunArgs {
     /// Override source.path (an .mjpeg file, an image file or a directory of images; the kind follows).
     #[arg(long, value_name = "PATH")]
     source: Option<PathBuf>,
+    /// Use this V4L2 camera (sets source.kind = "v4l2" and source.device).
+    #[arg(long, value_name = "PATH", conflicts_with = "source")]
+    device: Option<PathBuf>,
     /// Override source.fps_hz (0: as fast as possible).
     #[arg(long)]
     fps: Option<f64>,
@@ -279,6 +322,10 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
         };
         cfg.source.path = p.clone();
     }
+    if let Some(d) = &a.device {
+        cfg.source.kind = SourceKind::V4l2;
+        cfg.source.device = d.clone();
+    }
     if let Some(f) = a.fps {
         cfg.source.fps_hz = f;
     }
@@ -360,5 +407,6 @@ fn main() -> ExitCode {
         Command::Run(a) => run_daemon(cli.ort_lib.as_deref(), a),
         Command::CheckConfig(a) => run_check_config(a),
         Command::Bench(a) => kestrel::bench::run(cli.ort_lib.as_deref(), a),
+        Command::Devices(a) => run_devices(a),
     }
 }

@@ -2,7 +2,9 @@
 //! interval. Recording is allocation-free (fixed sample rings) and cheap enough for every frame.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::source::{SourceSnapshot, SourceState, SourceStatus};
 use std::time::{Duration, Instant};
 
 /// Samples kept per stage per interval; beyond that the ring overwrites the oldest.
@@ -134,6 +136,8 @@ pub struct Snapshot {
     pub drops: Vec<(&'static str, u64)>,
     /// Per stage, over the last interval.
     pub latency: Vec<(&'static str, Latency)>,
+    /// Camera health, for sources that have a device.
+    pub source: Option<SourceSnapshot>,
 }
 
 pub struct Metrics {
@@ -145,6 +149,7 @@ pub struct Metrics {
     rings: Mutex<Vec<Ring>>,
     last: Mutex<(Instant, u64, u64)>,
     scratch: Mutex<Vec<f32>>,
+    source: OnceLock<Arc<SourceStatus>>,
 }
 
 impl Default for Metrics {
@@ -165,7 +170,18 @@ impl Metrics {
             rings: Mutex::new(STAGES.iter().map(|_| Ring::new()).collect()),
             last: Mutex::new((now, 0, 0)),
             scratch: Mutex::new(Vec::with_capacity(RING)),
+            source: OnceLock::new(),
         }
+    }
+
+    /// Include a source's health in snapshots (set once, at pipeline start).
+    pub fn attach_source(&self, status: Arc<SourceStatus>) {
+        let _ = self.source.set(status);
+    }
+
+    /// The attached source's health now.
+    pub fn source(&self) -> Option<SourceSnapshot> {
+        self.source.get().map(|s| s.snapshot())
     }
 
     pub fn captured(&self) {
@@ -241,6 +257,7 @@ impl Metrics {
             fps_out,
             drops: DROPS.iter().map(|d| (d.name(), self.drops(*d))).collect(),
             latency,
+            source: self.source(),
         }
     }
 }
@@ -256,7 +273,31 @@ fn percentile(v: &mut [f32], q: f64) -> f32 {
 
 impl std::fmt::Display for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "in {:.1} fps, out {:.1} fps", self.fps_in, self.fps_out)?;
+        write!(
+            f,
+            "in {:.1} fps, out {:.1} fps (frames in {}, out {})",
+            self.fps_in, self.fps_out, self.frames_captured, self.frames_published
+        )?;
+        if let Some(c) = &self.source {
+            match c.state {
+                SourceState::Streaming => write!(f, " | camera streaming")?,
+                SourceState::Starting => write!(f, " | camera not open yet ({:.1} s)", c.state_s)?,
+                SourceState::CameraLost => write!(f, " | CAMERA LOST for {:.1} s", c.state_s)?,
+            }
+            let counters = [
+                ("losses", c.losses),
+                ("restarts", c.restarts),
+                ("driver drops", c.driver_drops),
+                ("corrupt", c.corrupt_frames),
+                ("dequeue timeouts", c.dequeue_timeouts),
+            ];
+            for (name, v) in counters.iter().filter(|(_, v)| *v > 0) {
+                write!(f, ", {name} {v}")?;
+            }
+            if c.last_outage_ms > 0 {
+                write!(f, ", last outage {} ms", c.last_outage_ms)?;
+            }
+        }
         for (name, l) in &self.latency {
             if l.count > 0 {
                 write!(

@@ -184,21 +184,21 @@ fn send_blocking<T>(tx: &Sender<T>, mut item: T, poll: Duration, stopped: &dyn F
 }
 
 /// Logs a per-frame failure at most once per interval, with the count since the last line.
-struct RateLimitedLog {
+pub(crate) struct RateLimitedLog {
     what: &'static str,
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl RateLimitedLog {
-    fn new(what: &'static str) -> Self {
+    pub(crate) fn new(what: &'static str) -> Self {
         Self {
             what,
             last: None,
             suppressed: 0,
         }
     }
-    fn warn(&mut self, err: &dyn std::fmt::Display) {
+    pub(crate) fn warn(&mut self, err: &dyn std::fmt::Display) {
         let now = Instant::now();
         if self
             .last
@@ -274,6 +274,9 @@ impl Pipeline {
         };
 
         let paced = source.paced();
+        if let Some(status) = source.status() {
+            metrics.attach_source(status);
+        }
         // capture
         {
             let (m, rx, stopped) = (metrics.clone(), frames_rx.clone(), stopped.clone());

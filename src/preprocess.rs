@@ -9,6 +9,7 @@ use turbojpeg::{Decompressor, Image, PixelFormat as TjFormat, ScalingFactor};
 use crate::frame::{Frame, PixelFormat};
 use crate::letterbox::{Letterbox, LetterboxError, Preprocessor, TensorElement};
 use crate::model::InputTensor;
+use crate::yuv::{nv12_row_to_rgb, nv12_rows, yuyv_row_to_rgb, YuvSpec};
 
 #[derive(Debug, Error)]
 pub enum PreprocessError {
@@ -22,6 +23,12 @@ pub enum PreprocessError {
         got: usize,
         want: usize,
     },
+    #[error("{format:?} frame of {width}x{height}: chroma subsampling needs even sides")]
+    OddSize {
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+    },
     #[error(transparent)]
     Letterbox(#[from] LetterboxError),
 }
@@ -34,42 +41,6 @@ pub fn jpeg_scale_denominator(w: u32, h: u32, need_w: u32, need_h: u32) -> u32 {
         .unwrap_or(1)
 }
 
-/// BT.601 limited-range YCbCr → RGB8, integer arithmetic (the usual 16.16 fixed-point coefficients).
-#[inline]
-pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
-    let c = (i32::from(y) - 16) * 76_284; // 1.164 * 65536
-    let d = i32::from(u) - 128;
-    let e = i32::from(v) - 128;
-    let clamp = |x: i32| ((x + 32_768) >> 16).clamp(0, 255) as u8;
-    [
-        clamp(c + 104_595 * e),
-        clamp(c - 25_624 * d - 53_281 * e),
-        clamp(c + 132_252 * d),
-    ]
-}
-
-/// YUYV (4:2:2 packed) → RGB8. `out` is resized to `w*h*3`.
-pub fn yuyv_to_rgb(src: &[u8], w: usize, h: usize, out: &mut Vec<u8>) {
-    out.resize(w * h * 3, 0);
-    for (quad, px) in src.chunks_exact(4).zip(out.chunks_exact_mut(6)) {
-        px[..3].copy_from_slice(&yuv_to_rgb(quad[0], quad[1], quad[3]));
-        px[3..].copy_from_slice(&yuv_to_rgb(quad[2], quad[1], quad[3]));
-    }
-}
-
-/// NV12 (Y plane, then interleaved UV at half resolution) → RGB8. `out` is resized to `w*h*3`.
-pub fn nv12_to_rgb(src: &[u8], w: usize, h: usize, out: &mut Vec<u8>) {
-    out.resize(w * h * 3, 0);
-    let (luma, chroma) = src.split_at(w * h);
-    for (y, row) in out.chunks_exact_mut(w * 3).enumerate() {
-        let uv = &chroma[(y / 2) * w..(y / 2) * w + w];
-        for (x, px) in row.chunks_exact_mut(3).enumerate() {
-            let c = (x / 2) * 2;
-            px.copy_from_slice(&yuv_to_rgb(luma[y * w + x], uv[c], uv[c + 1]));
-        }
-    }
-}
-
 /// Borrowed pixels of one image: an encoded JPEG (`width`/`height` 0) or a raw frame.
 #[derive(Clone, Copy, Debug)]
 pub struct Pixels<'a> {
@@ -77,6 +48,8 @@ pub struct Pixels<'a> {
     pub width: u32,
     pub height: u32,
     pub data: &'a [u8],
+    /// How YUYV/NV12 samples map to RGB.
+    pub yuv: YuvSpec,
 }
 
 impl<'a> Pixels<'a> {
@@ -86,6 +59,7 @@ impl<'a> Pixels<'a> {
             width: 0,
             height: 0,
             data,
+            yuv: YuvSpec::BT601_LIMITED,
         }
     }
 }
@@ -146,6 +120,7 @@ impl FramePreprocessor {
                 width: f.width,
                 height: f.height,
                 data: &f.data,
+                yuv: f.yuv,
             },
             out,
             dst_w,
@@ -165,6 +140,7 @@ impl FramePreprocessor {
             width,
             height,
             data,
+            yuv,
         } = src;
         let t0 = Instant::now();
         let (w, h) = (width as usize, height as usize);
@@ -181,7 +157,14 @@ impl FramePreprocessor {
                 })
             }
         };
-        match format {
+        let even = |ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(PreprocessError::OddSize { format, width, height })
+            }
+        };
+        let lb = match format {
             PixelFormat::Jpeg => return self.prepare_jpeg(data, out, dst_w, dst_h),
             PixelFormat::Rgb => {
                 check(w * h * 3)?;
@@ -192,19 +175,31 @@ impl FramePreprocessor {
                 return Ok(lb);
             }
             PixelFormat::Yuyv => {
+                even(w % 2 == 0)?;
                 check(w * h * 2)?;
-                yuyv_to_rgb(data, w, h, &mut self.rgb);
+                let lb = Letterbox::new(width, height, dst_w, dst_h)?;
+                let k = yuv.coeffs();
+                // Converted row by row inside the resampler: no full-size RGB copy.
+                self.letterbox.letterbox_rows_into(width, height, &lb, out, |y, dst| {
+                    yuyv_row_to_rgb(&data[y * w * 2..(y + 1) * w * 2], &k, dst)
+                })?;
+                lb
             }
             PixelFormat::Nv12 => {
+                even(w % 2 == 0 && h % 2 == 0)?;
                 check(w * h * 3 / 2)?;
-                nv12_to_rgb(data, w, h, &mut self.rgb);
+                let lb = Letterbox::new(width, height, dst_w, dst_h)?;
+                let k = yuv.coeffs();
+                self.letterbox.letterbox_rows_into(width, height, &lb, out, |y, dst| {
+                    let (l, c) = nv12_rows(w, h, y);
+                    nv12_row_to_rgb(&data[l], &data[c], &k, dst)
+                })?;
+                lb
             }
-        }
-        let t1 = Instant::now();
-        let lb = Letterbox::new(width, height, dst_w, dst_h)?;
-        self.letterbox.letterbox_into(&self.rgb, &lb, out)?;
-        self.last_decode = t1 - t0;
-        self.last_letterbox = t1.elapsed();
+        };
+        // YUV conversion is fused into the resize, so it all counts as letterbox time.
+        self.last_decode = Duration::ZERO;
+        self.last_letterbox = t0.elapsed();
         Ok(lb)
     }
 
@@ -256,6 +251,7 @@ impl FramePreprocessor {
 mod tests {
     use super::*;
     use crate::source::synthetic::{render_rgb, rgb_to_nv12, rgb_to_yuyv};
+    use crate::yuv::{nv12_to_rgb, yuyv_to_rgb};
 
     #[test]
     fn scale_denominator_never_upsamples() {
@@ -266,29 +262,79 @@ mod tests {
         assert_eq!(jpeg_scale_denominator(10, 10, 1, 1), 8);
     }
 
+    /// The fused YUV → tensor path equals converting the whole frame with the reference conversion and then
+    /// letterboxing, bit for bit, for down- and upscaling, odd output sizes, both matrices and f16.
     #[test]
-    fn yuv_conversions_match_the_reference_formula_within_rounding() {
+    fn fused_yuv_letterbox_equals_reference_conversion_then_letterbox() {
+        let specs = [
+            YuvSpec::BT601_LIMITED,
+            YuvSpec {
+                matrix: crate::yuv::Matrix::Bt709,
+                range: crate::yuv::Range::Full,
+            },
+        ];
+        for (w, h, dw, dh) in [
+            (64u32, 48u32, 32u32, 32u32),
+            (640, 480, 416, 416),
+            (96, 54, 250, 190),
+            (8, 6, 8, 6),
+        ] {
+            let mut rgb = Vec::new();
+            render_rgb(7, w, h, &mut rgb);
+            let (mut yuyv, mut nv12) = (Vec::new(), Vec::new());
+            rgb_to_yuyv(&rgb, &mut yuyv);
+            rgb_to_nv12(&rgb, w as usize, h as usize, &mut nv12);
+            for spec in specs {
+                for (format, data) in [(PixelFormat::Yuyv, &yuyv), (PixelFormat::Nv12, &nv12)] {
+                    let mut reference = Vec::new();
+                    match format {
+                        PixelFormat::Yuyv => yuyv_to_rgb(data, w as usize, h as usize, spec, &mut reference),
+                        _ => nv12_to_rgb(data, w as usize, h as usize, spec, &mut reference),
+                    }
+                    let lb = Letterbox::new(w, h, dw, dh).unwrap();
+                    let mut want = vec![0f32; (3 * dw * dh) as usize];
+                    Preprocessor::new().letterbox_into(&reference, &lb, &mut want).unwrap();
+                    let mut fp = FramePreprocessor::new(true).unwrap();
+                    let px = Pixels {
+                        format,
+                        width: w,
+                        height: h,
+                        data,
+                        yuv: spec,
+                    };
+                    let mut got = InputTensor::F32(vec![0.0; want.len()]);
+                    assert_eq!(fp.prepare(px, &mut got, dw, dh).unwrap(), lb);
+                    // twice: cached taps and row cache state must not leak between frames
+                    fp.prepare(px, &mut got, dw, dh).unwrap();
+                    let InputTensor::F32(got) = got else { unreachable!() };
+                    assert!(got == want, "{format:?} {w}x{h}->{dw}x{dh} {spec:?}");
+                    let mut got16 = InputTensor::F16(vec![half::f16::ZERO; want.len()]);
+                    fp.prepare(px, &mut got16, dw, dh).unwrap();
+                    let InputTensor::F16(got16) = got16 else { unreachable!() };
+                    assert!(got16.iter().zip(&want).all(|(a, b)| *a == half::f16::from_f32(*b)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn yuv_round_trip_of_a_rendered_frame_stays_close() {
         let (w, h) = (64usize, 32usize);
         let mut rgb = Vec::new();
         render_rgb(3, w as u32, h as u32, &mut rgb);
         let (mut yuyv, mut nv12, mut back) = (Vec::new(), Vec::new(), Vec::new());
-        rgb_to_yuyv(&rgb, &mut yuyv);
-        yuyv_to_rgb(&yuyv, w, h, &mut back);
-        // Solid-colour regions survive the round trip within a few levels (chroma is subsampled).
         let close = |a: &[u8], b: &[u8]| {
             a.iter()
                 .zip(b)
                 .filter(|(x, y)| (i32::from(**x) - i32::from(**y)).abs() > 6)
                 .count()
         };
+        rgb_to_yuyv(&rgb, &mut yuyv);
+        yuyv_to_rgb(&yuyv, w, h, YuvSpec::BT601_LIMITED, &mut back);
         assert!(close(&rgb, &back) < rgb.len() / 20, "{}", close(&rgb, &back));
         rgb_to_nv12(&rgb, w, h, &mut nv12);
-        nv12_to_rgb(&nv12, w, h, &mut back);
+        nv12_to_rgb(&nv12, w, h, YuvSpec::BT601_LIMITED, &mut back);
         assert!(close(&rgb, &back) < rgb.len() / 10, "{}", close(&rgb, &back));
-        assert_eq!(yuv_to_rgb(16, 128, 128), [0, 0, 0]);
-        assert_eq!(yuv_to_rgb(235, 128, 128), [255, 255, 255]);
-        let red = yuv_to_rgb(81, 90, 240);
-        assert!(red[0] > 250 && red[1] < 5 && red[2] < 5, "{red:?}");
     }
 
     #[test]
@@ -331,6 +377,7 @@ mod tests {
                     width,
                     height,
                     data,
+                    yuv: YuvSpec::BT601_LIMITED,
                 },
                 &mut t,
                 32,

@@ -98,6 +98,7 @@ impl super::Source for ImagesSource {
             format: item.format,
             width: item.width,
             height: item.height,
+            yuv: crate::yuv::YuvSpec::BT601_LIMITED,
             data: buf,
         }))
     }

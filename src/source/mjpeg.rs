@@ -178,6 +178,7 @@ impl super::Source for MjpegSource {
             format: PixelFormat::Jpeg,
             width: 0,
             height: 0,
+            yuv: crate::yuv::YuvSpec::BT601_LIMITED,
             data: buf,
         }))
     }

@@ -3,7 +3,10 @@
 pub mod images;
 pub mod mjpeg;
 pub mod synthetic;
+pub mod v4l2;
 
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -31,6 +34,100 @@ pub trait Source: Send {
     /// only as fast as the pipeline takes them (nothing dropped, no busy loop).
     fn paced(&self) -> bool;
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError>;
+    /// Live health of a source that can lose its device (a camera); `None` for file and synthetic sources.
+    fn status(&self) -> Option<Arc<SourceStatus>> {
+        None
+    }
+}
+
+/// Where a camera source stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    /// Not streamed yet (opening, or waiting for the device to appear).
+    Starting,
+    Streaming,
+    /// The device went away or failed; reconnecting with backoff.
+    CameraLost,
+}
+
+/// Counters and state a camera source shares with metrics and (later) the publisher. Lock-free.
+#[derive(Debug)]
+pub struct SourceStatus {
+    state: AtomicU8,
+    /// CLOCK_MONOTONIC ns of the last state change.
+    since_ns: AtomicU64,
+    /// Times the camera was lost (unplug, fatal streaming error, dequeue timeout).
+    pub losses: AtomicU64,
+    /// Frames the driver skipped (gaps in its sequence numbers).
+    pub driver_drops: AtomicU64,
+    /// Buffers the driver flagged as corrupt, or shorter than the format needs; skipped.
+    pub corrupt_frames: AtomicU64,
+    /// Waits for a frame that hit `dequeue_timeout_ms`.
+    pub dequeue_timeouts: AtomicU64,
+    /// Stream restarts after errors (each reopens the device).
+    pub restarts: AtomicU64,
+    /// Duration of the last completed outage, ms (0: none yet).
+    pub last_outage_ms: AtomicU64,
+}
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        Self {
+            state: AtomicU8::new(SourceState::Starting as u8),
+            since_ns: AtomicU64::new(crate::frame::monotonic_ns()),
+            losses: AtomicU64::new(0),
+            driver_drops: AtomicU64::new(0),
+            corrupt_frames: AtomicU64::new(0),
+            dequeue_timeouts: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            last_outage_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A copy of [`SourceStatus`] at one moment.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SourceSnapshot {
+    pub state: SourceState,
+    /// Seconds in the current state.
+    pub state_s: f64,
+    pub losses: u64,
+    pub driver_drops: u64,
+    pub corrupt_frames: u64,
+    pub dequeue_timeouts: u64,
+    pub restarts: u64,
+    pub last_outage_ms: u64,
+}
+
+impl SourceStatus {
+    pub fn state(&self) -> SourceState {
+        match self.state.load(Relaxed) {
+            1 => SourceState::Streaming,
+            2 => SourceState::CameraLost,
+            _ => SourceState::Starting,
+        }
+    }
+
+    pub fn set_state(&self, s: SourceState) {
+        if self.state.swap(s as u8, Relaxed) != s as u8 {
+            self.since_ns.store(crate::frame::monotonic_ns(), Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> SourceSnapshot {
+        let since = self.since_ns.load(Relaxed);
+        SourceSnapshot {
+            state: self.state(),
+            state_s: crate::frame::monotonic_ns().saturating_sub(since) as f64 * 1e-9,
+            losses: self.losses.load(Relaxed),
+            driver_drops: self.driver_drops.load(Relaxed),
+            corrupt_frames: self.corrupt_frames.load(Relaxed),
+            dequeue_timeouts: self.dequeue_timeouts.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
+            last_outage_ms: self.last_outage_ms.load(Relaxed),
+        }
+    }
 }
 
 /// Frame buffers in flight at once: capture queue + worker inputs + one being filled, with slack.
@@ -54,6 +151,7 @@ pub fn open(cfg: &SourceConfig, pool_size: usize) -> Result<Box<dyn Source>, Sou
             pool_size,
         )?),
         SourceKind::Synthetic => Box::new(synthetic::SyntheticSource::new(cfg, pool_size)?),
+        SourceKind::V4l2 => Box::new(v4l2::V4l2Source::open(cfg, pool_size)?),
     })
 }
 

@@ -173,6 +173,7 @@ impl super::Source for SyntheticSource {
             format,
             width: w,
             height: h,
+            yuv: crate::yuv::YuvSpec::BT601_LIMITED,
             data: buf,
         }))
     }
