@@ -17,6 +17,8 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v cc >/dev/null || need+=(gcc)
 command -v cmake >/dev/null || need+=(cmake)            # builds the vendored libjpeg-turbo (turbojpeg-sys)
 [ "$(uname -m)" != x86_64 ] || command -v nasm >/dev/null || need+=(nasm)  # its x86 SIMD
+# the v4l crate generates its V4L2 bindings with bindgen, which needs libclang
+ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -q >&2

@@ -13,6 +13,8 @@ printf '\n== kestrel bench (small; reports numbers, never fails on speed)\n' >&2
 target/release/kestrel --log warn bench --reps 2 --n 10 --json target/bench-ci.json
 printf '\n== cargo test (unit + integration)\n' >&2
 cargo test --release --locked
+printf '\n== V4L2 camera tests in a VM (QEMU software emulation, Debian kernel, vivid driver; ~1.5 min)\n' >&2
+HOST_CHECK="python3 $ROOT/tests/vm/check.py" tests/vm/run.sh
 printf '\n== Python reference tests (OpenCV Darknet importer, independent reference detector, converter)\n' >&2
 PY=$(scripts/python-env.sh)
 cd tests/reference

@@ -287,19 +287,31 @@ fn run_check_config(a: &ConfigArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    use kestrel::config::SourceKind;
     let mut problems = Vec::new();
     if !cfg.model.path.is_file() {
-        problems.push(format!("model.path: {} does not exist", cfg.model.path.display()));
+        problems.push(("model.path", format!("{} does not exist", cfg.model.path.display())));
     }
-    if cfg.source.kind != kestrel::config::SourceKind::Synthetic && !cfg.source.path.exists() {
-        problems.push(format!("source.path: {} does not exist", cfg.source.path.display()));
+    match cfg.source.kind {
+        SourceKind::Images | SourceKind::Mjpeg if !cfg.source.path.exists() => {
+            problems.push(("source.path", format!("{} does not exist", cfg.source.path.display())));
+        }
+        SourceKind::V4l2 if !cfg.source.device.exists() => {
+            // Not an error: the daemon waits for the camera. Worth saying, though.
+            report!(
+                "kestrel: note: config {}: source.device {} is not present now (the daemon waits for it)",
+                a.config.display(),
+                cfg.source.device.display()
+            );
+        }
+        _ => {}
     }
     if problems.is_empty() {
         let _ = writeln!(std::io::stdout(), "{}: OK", a.config.display());
         ExitCode::SUCCESS
     } else {
-        for p in problems {
-            report!("kestrel: error: config {}: field `{p}`", a.config.display());
+        for (field, why) in problems {
+            report!("kestrel: error: config {}: field `{field}`: {why}", a.config.display());
         }
         ExitCode::from(EXIT_CONFIG)
     }

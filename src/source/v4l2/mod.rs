@@ -10,8 +10,11 @@
 //!   `ENODEV` → camera lost; any other stream error (`EIO` after a fatal streaming error, …) → the stream is
 //!   torn down and reopened; no frame for `dequeue_timeout_ms` → counted, then the same restart.
 //!
-//! Configuration problems that retrying cannot fix (not a capture device, none of the wanted pixel formats,
-//! permission denied) end the source with an error, so the process exits non-zero.
+//! While waiting, the directory holding the device path (`/dev`, `/dev/v4l/by-id`, …) is watched with inotify,
+//! so a camera that reappears is opened at once rather than at the next backoff step.
+//!
+//! Configuration problems that retrying cannot fix (not a capture device, none of the wanted pixel formats)
+//! end the source with an error, so the process exits non-zero.
 
 pub mod devices;
 pub mod negotiate;
@@ -34,8 +37,10 @@ use crate::frame::{monotonic_ns, Frame, PixelFormat};
 use crate::pool::{Pool, Pooled};
 use crate::yuv::YuvSpec;
 
-/// errno values that mean "the device is not (yet, or no longer) there": retry.
-const RETRYABLE: [i32; 9] = [
+/// errno values that mean "the device is not (yet, or no longer) there, or not ready": retry.
+const RETRYABLE: [i32; 11] = [
+    1,   // EPERM  } a node that just appeared is root-only until udev applies its rules; a wrong
+    13,  // EACCES } group stays visible in the "still waiting" warnings
     2,   // ENOENT: no such node (yet)
     5,   // EIO
     6,   // ENXIO
@@ -84,7 +89,7 @@ impl CameraConfig {
 enum OpenError {
     /// Not there or not ready: try again later.
     Retry(String),
-    /// Retrying will not help (wrong device, no usable format, no permission).
+    /// Retrying will not help (not a capture device, no usable format).
     Fatal(String),
 }
 
@@ -116,8 +121,6 @@ struct Camera {
     fmt: Negotiated,
     gaps: SequenceGaps,
     last_frame: Instant,
-    /// Timestamp of the previous frame, to keep capture times monotonic across odd drivers.
-    last_capture_ns: u64,
 }
 
 pub struct V4l2Source {
@@ -133,6 +136,12 @@ pub struct V4l2Source {
     outage_since: Option<Instant>,
     attempts: u32,
     last_wait_log: Instant,
+    /// inotify on the device's directory while waiting for it (`None` if it cannot be watched).
+    watch: Option<DirWatch>,
+    /// The driver stamped a frame later than the time we dequeued it (vivid does); logged once.
+    warned_future_ts: bool,
+    /// Capture time of the previous frame (across reconnects), to keep capture times monotonic.
+    last_capture_ns: u64,
     seq: u64,
     corrupt_log: crate::pipeline::RateLimitedLog,
 }
@@ -155,6 +164,9 @@ impl V4l2Source {
             outage_since: None,
             attempts: 0,
             last_wait_log: Instant::now(),
+            watch: None,
+            warned_future_ts: false,
+            last_capture_ns: 0,
             seq: 0,
             corrupt_log: crate::pipeline::RateLimitedLog::new("corrupt camera frame skipped"),
         };
@@ -214,6 +226,7 @@ impl V4l2Source {
         }
         self.attempts = 0;
         self.backoff.reset();
+        self.watch = None;
         self.camera = Some(camera);
         self.status.set_state(SourceState::Streaming);
         Ok(())
@@ -228,6 +241,7 @@ impl V4l2Source {
         }
         self.status.set_state(SourceState::CameraLost);
         self.outage_since = Some(Instant::now());
+        self.last_wait_log = Instant::now();
         self.attempts = 0;
         self.backoff.reset();
         // A stream error is retried at once (the device is still there); an unplug after the first delay.
@@ -256,8 +270,21 @@ impl V4l2Source {
     fn reconnect_step(&mut self) -> Result<(), SourceError> {
         let now = Instant::now();
         if now < self.retry_at {
-            std::thread::sleep((self.retry_at - now).min(POLL));
-            return Ok(());
+            if self.watch.is_none() {
+                self.watch = DirWatch::new(&self.cfg.device);
+            }
+            let wait = (self.retry_at - now).min(POLL);
+            let changed = match self.watch.as_mut() {
+                Some(w) => w.wait(wait),
+                None => {
+                    std::thread::sleep(wait);
+                    false
+                }
+            };
+            if !changed {
+                return Ok(());
+            }
+            log::debug!("camera {}: device directory changed, retrying now", self.cfg.device.display());
         }
         match self.try_open() {
             Ok(()) => Ok(()),
@@ -336,7 +363,6 @@ fn open_camera(cfg: &CameraConfig) -> Result<Camera, OpenError> {
         fmt: Negotiated { fps, ..fmt },
         gaps: SequenceGaps::default(),
         last_frame: Instant::now(),
-        last_capture_ns: 0,
     })
 }
 
@@ -516,9 +542,21 @@ impl Source for V4l2Source {
                     if missed > 0 {
                         self.status.driver_drops.fetch_add(missed, Relaxed);
                     }
-                    // Kernel timestamp when it is CLOCK_MONOTONIC; never earlier than the previous frame.
-                    let capture_ns = info.monotonic_ns.unwrap_or_else(monotonic_ns).max(cam.last_capture_ns);
-                    cam.last_capture_ns = capture_ns;
+                    // The kernel timestamp when it is CLOCK_MONOTONIC, but never later than now (a frame cannot be
+                    // captured after we dequeued it; vivid stamps the nominal end of the frame period) nor
+                    // earlier than the previous frame.
+                    let now = monotonic_ns();
+                    let stamped = info.monotonic_ns.unwrap_or(now);
+                    if stamped > now && !self.warned_future_ts {
+                        self.warned_future_ts = true;
+                        log::info!(
+                            "camera {}: driver timestamps run {:.1} ms ahead of the clock; using dequeue time for those",
+                            self.cfg.device.display(),
+                            (stamped - now) as f64 / 1e6
+                        );
+                    }
+                    let capture_ns = stamped.min(now).max(self.last_capture_ns + 1);
+                    self.last_capture_ns = capture_ns;
                     self.seq += 1;
                     let (format, width, height) = match fmt.format {
                         CameraFormat::Mjpeg => (PixelFormat::Jpeg, 0, 0),
@@ -564,6 +602,52 @@ impl Source for V4l2Source {
                 }
             }
         }
+    }
+}
+
+/// An inotify watch on the directory that holds the device path (e.g. `/dev/v4l/by-id`, where udev adds the
+/// link) and on `/dev` (where the node appears): anything created, renamed into or changed there may be the
+/// camera coming back.
+struct DirWatch {
+    fd: std::os::fd::OwnedFd,
+    buf: Vec<u8>,
+}
+
+impl DirWatch {
+    fn new(device: &Path) -> Option<Self> {
+        use rustix::fs::inotify;
+        let dir = device.parent().filter(|d| !d.as_os_str().is_empty())?;
+        let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).ok()?;
+        let flags = inotify::WatchFlags::CREATE | inotify::WatchFlags::ATTRIB | inotify::WatchFlags::MOVED_TO;
+        let mut watched = 0;
+        for d in [dir, Path::new("/dev")] {
+            if watched > 0 && d == dir {
+                continue;
+            }
+            match inotify::add_watch(&fd, d, flags) {
+                Ok(_) => watched += 1,
+                Err(e) => log::debug!("cannot watch {}: {e}", d.display()),
+            }
+        }
+        (watched > 0).then(|| Self { fd, buf: vec![0; 4096] })
+    }
+
+    /// Wait up to `timeout` for a change; true if something changed (events are drained).
+    fn wait(&mut self, timeout: Duration) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let ts = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let ready = {
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            matches!(poll(&mut fds, Some(&ts)), Ok(n) if n > 0)
+        };
+        if !ready {
+            return false;
+        }
+        while matches!(rustix::io::read(&self.fd, &mut self.buf[..]), Ok(n) if n > 0) {}
+        true
     }
 }
 
@@ -659,6 +743,20 @@ mod tests {
         // 10, 20, 40, 40 ms… → several attempts in 150 ms, none succeeded.
         assert!(s.attempts >= 3, "{}", s.attempts);
         assert_eq!(s.status().unwrap().state(), SourceState::Starting);
+    }
+
+    #[test]
+    fn a_device_appearing_in_the_watched_directory_wakes_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("video0");
+        let mut w = DirWatch::new(&dev).unwrap();
+        assert!(!w.wait(Duration::from_millis(20)));
+        std::fs::write(&dev, b"").unwrap();
+        assert!(w.wait(Duration::from_millis(500)));
+        // drained: quiet again
+        assert!(!w.wait(Duration::from_millis(20)));
+        // A directory that does not exist: still /dev is watched.
+        assert!(DirWatch::new(Path::new("/nonexistent-dir/video0")).is_some());
     }
 
     #[test]
