@@ -39,5 +39,50 @@ fn preprocess(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, preprocess);
+/// Raw camera frames → 416 tensor: the fused path (rows converted inside the resampler) against converting the
+/// whole frame to RGB first and letterboxing that (what the fused path replaced).
+fn raw_camera(c: &mut Criterion) {
+    use kestrel::frame::PixelFormat;
+    use kestrel::source::synthetic::{render_rgb, rgb_to_nv12, rgb_to_yuyv};
+    use kestrel::yuv::{nv12_to_rgb, yuyv_to_rgb, YuvSpec};
+    let mut g = c.benchmark_group("camera_to_416");
+    for (w, h) in [(640u32, 480u32), (1280, 720)] {
+        let mut rgb = Vec::new();
+        render_rgb(3, w, h, &mut rgb);
+        let (mut yuyv, mut nv12) = (Vec::new(), Vec::new());
+        rgb_to_yuyv(&rgb, &mut yuyv);
+        rgb_to_nv12(&rgb, w as usize, h as usize, &mut nv12);
+        for (format, data, name) in [(PixelFormat::Yuyv, &yuyv, "yuyv"), (PixelFormat::Nv12, &nv12, "nv12")] {
+            let mut fp = FramePreprocessor::new(true).unwrap();
+            let mut t = InputTensor::F32(vec![0.0; 3 * 416 * 416]);
+            let px = Pixels {
+                format,
+                width: w,
+                height: h,
+                data,
+                yuv: YuvSpec::BT601_LIMITED,
+            };
+            g.bench_function(format!("{name}_{w}x{h}_fused"), |b| {
+                b.iter(|| fp.prepare(px, &mut t, 416, 416).unwrap())
+            });
+            let lb = Letterbox::new(w, h, 416, 416).unwrap();
+            let mut pre = Preprocessor::new();
+            let (mut full, mut out) = (Vec::new(), vec![0f32; 3 * 416 * 416]);
+            g.bench_function(format!("{name}_{w}x{h}_convert_then_letterbox"), |b| {
+                b.iter(|| {
+                    match format {
+                        PixelFormat::Yuyv => {
+                            yuyv_to_rgb(data, w as usize, h as usize, YuvSpec::BT601_LIMITED, &mut full)
+                        }
+                        _ => nv12_to_rgb(data, w as usize, h as usize, YuvSpec::BT601_LIMITED, &mut full),
+                    }
+                    pre.letterbox_into(&full, &lb, &mut out).unwrap()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, preprocess, raw_camera);
 criterion_main!(benches);

@@ -284,7 +284,10 @@ impl V4l2Source {
             if !changed {
                 return Ok(());
             }
-            log::debug!("camera {}: device directory changed, retrying now", self.cfg.device.display());
+            log::debug!(
+                "camera {}: device directory changed, retrying now",
+                self.cfg.device.display()
+            );
         }
         match self.try_open() {
             Ok(()) => Ok(()),
