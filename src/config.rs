@@ -31,6 +31,10 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub output: OutputConfig,
     pub metrics: MetricsConfig,
+    /// Camera intrinsics; when set, every detection carries its angles from the optical axis.
+    pub intrinsics: Option<crate::angles::IntrinsicsConfig>,
+    /// The detection socket.
+    pub publish: crate::publish::PublishConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -252,6 +256,7 @@ impl Config {
         if let Some(p) = cfg.runtime.ort_lib.as_mut() {
             anchor(p);
         }
+        anchor(&mut cfg.publish.socket);
         cfg.validate(path)?;
         Ok(cfg)
     }
@@ -360,6 +365,14 @@ impl Config {
                 "pipeline.poll_ms",
                 format!("{} is not between 1 and 1000", self.pipeline.poll_ms),
             );
+        }
+        if let Err((field, reason)) = self.publish.validate() {
+            return bad(field, reason);
+        }
+        if let Some(i) = &self.intrinsics {
+            if let Err(reason) = crate::angles::Intrinsics::new(i) {
+                return bad("intrinsics", reason);
+            }
         }
         if self.output.kind == OutputKind::File && self.output.path.is_none() {
             return bad("output.path", "required when output.kind = \"file\"".into());

@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use crate::config::{Config, OutputFormat, OutputKind};
 use crate::detect::Thresholds;
+use crate::metrics::Metrics;
 use crate::model::{Detector, SessionOptions};
 use crate::pipeline::{default_workers, Options, Pipeline};
+use crate::publish::protocol::{Hello, ModelHello};
+use crate::publish::TeeSink;
 use crate::sink::{JsonLinesSink, NullSink, Sink, TextSink};
 use crate::{runtime, source};
 
@@ -48,6 +51,10 @@ pub fn pipeline_options(cfg: &Config, workers: usize) -> Options {
             max_detections: cfg.model.max_detections,
         },
         scaled_jpeg: cfg.pipeline.scaled_jpeg_decode,
+        intrinsics: cfg
+            .intrinsics
+            .as_ref()
+            .and_then(|i| crate::angles::Intrinsics::new(i).ok()),
     }
 }
 
@@ -76,8 +83,15 @@ pub fn open_sink(cfg: &Config) -> anyhow::Result<Box<dyn Sink>> {
     })
 }
 
-/// Load everything the config names and start the pipeline.
-pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> anyhow::Result<Pipeline> {
+/// A running daemon: the pipeline, and the detection socket while it runs.
+pub struct Daemon {
+    pub pipeline: Pipeline,
+    /// Dropped after the pipeline: stops the server and removes the socket file.
+    pub publisher: Option<crate::publish::Publisher>,
+}
+
+/// Load everything the config names and start the pipeline (and the socket server).
+pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> anyhow::Result<Daemon> {
     let rt = runtime::init(cli_ort.or(cfg.runtime.ort_lib.as_deref()))?;
     let (workers, intra) = thread_budget(cfg);
     let opts = SessionOptions {
@@ -94,13 +108,43 @@ pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> any
     let pool = source::buffer_pool_size(workers, cfg.pipeline.queue_depth);
     let src = source::open(&cfg.source, pool)?;
     log::info!("source {}", src.name());
-    let sink = open_sink(cfg)?;
-    Ok(Pipeline::start(
+    let metrics = Arc::new(Metrics::new());
+    let mut sink = open_sink(cfg)?;
+    let publisher = if cfg.publish.enabled {
+        let hello = Hello {
+            protocol: crate::publish::protocol::VERSION,
+            kestrel: env!("CARGO_PKG_VERSION").into(),
+            model: ModelHello {
+                path: info.path.display().to_string(),
+                input_width: info.input_width,
+                input_height: info.input_height,
+                precision: format!("{:?}", info.input_precision).to_lowercase(),
+                layout: match info.layout {
+                    crate::yolo::OutputLayout::Yolov5 { .. } => "yolov5".into(),
+                    crate::yolo::OutputLayout::Yolov8 { .. } => "yolov8".into(),
+                },
+            },
+            labels: info.labels.clone(),
+            camera: src.name().to_string(),
+            execution_provider: "cpu".into(),
+            intrinsics: cfg.intrinsics.is_some(),
+            format: cfg.publish.format,
+            status_interval_ms: cfg.publish.status_interval_ms,
+        };
+        let (publisher, socket_sink) = crate::publish::start(&cfg.publish, hello, metrics.clone())?;
+        sink = Box::new(TeeSink(vec![sink, Box::new(socket_sink)]));
+        Some(publisher)
+    } else {
+        None
+    };
+    let pipeline = Pipeline::start_with_metrics(
         src,
         Box::new(detector),
         sink,
         labels,
         pipeline_options(cfg, workers),
         stop,
-    )?)
+        metrics,
+    )?;
+    Ok(Daemon { pipeline, publisher })
 }

@@ -30,7 +30,9 @@ pub struct Detection {
     #[serde(rename = "box")]
     pub bbox: BoxXyxy,
 }
+pub mod angles;
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod frame;
@@ -38,6 +40,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod pool;
 pub mod preprocess;
+pub mod publish;
 pub mod sink;
 pub mod source;
 pub mod yuv;

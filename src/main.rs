@@ -54,6 +54,151 @@ enum Command {
     Bench(kestrel::bench::BenchArgs),
     /// List V4L2 cameras with their pixel formats, sizes and frame rates.
     Devices(DevicesArgs),
+    /// Connect to a running daemon's detection socket and print its messages (one JSON object per line).
+    Subscribe(SubscribeArgs),
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    /// The daemon's socket.
+    #[arg(long, value_name = "PATH", default_value = "/run/kestrel/detections.sock")]
+    socket: PathBuf,
+    /// Wire format to ask for (printed as JSON either way).
+    #[arg(long, value_name = "json|binary", default_value = "json")]
+    format: String,
+    /// Only detections of this class (label); frames without one are not printed. Repeatable.
+    #[arg(long, value_name = "NAME")]
+    class: Vec<String>,
+    /// Exit after this many detections messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Print only detections messages (no hello/status).
+    #[arg(long)]
+    detections_only: bool,
+    /// One human-readable line per message instead of JSON.
+    #[arg(long)]
+    text: bool,
+    /// Give up when nothing (not even a status) arrives for this long.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+fn run_subscribe(a: &SubscribeArgs) -> ExitCode {
+    use kestrel::client::{ClientError, Format, Message, Subscriber};
+    let format = match a.format.as_str() {
+        "json" => Format::Json,
+        "binary" => Format::Binary,
+        other => {
+            report!("kestrel: error: --format {other}: expected json or binary");
+            return ExitCode::from(2);
+        }
+    };
+    let mut sub = match Subscriber::connect(&a.socket, format) {
+        Ok(s) => s,
+        Err(e) => {
+            report!("kestrel: error: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let mut out = std::io::stdout().lock();
+    let mut seen = 0u64;
+    let timeout = std::time::Duration::from_millis(a.timeout_ms);
+    let mut idle = std::time::Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        let msg = match sub.next(std::time::Duration::from_millis(200)) {
+            Ok(Some(m)) => {
+                idle = std::time::Duration::ZERO;
+                m
+            }
+            Ok(None) => {
+                idle += std::time::Duration::from_millis(200);
+                if idle >= timeout {
+                    report!(
+                        "kestrel: error: nothing from {} for {} ms",
+                        a.socket.display(),
+                        a.timeout_ms
+                    );
+                    return ExitCode::from(1);
+                }
+                continue;
+            }
+            Err(ClientError::Closed) => {
+                report!("kestrel: the daemon closed the connection");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                report!("kestrel: error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let line = match msg {
+            Message::Detections(mut d) => {
+                if !a.class.is_empty() {
+                    d.detections.retain(|x| a.class.contains(&x.label));
+                    if d.detections.is_empty() {
+                        continue;
+                    }
+                }
+                seen += 1;
+                if a.text {
+                    let dets: Vec<String> = d
+                        .detections
+                        .iter()
+                        .take(8)
+                        .map(|x| match (x.angle_x, x.angle_y) {
+                            (Some(ax), Some(ay)) => format!("{} {:.2} ({:+.3},{:+.3} rad)", x.label, x.score, ax, ay),
+                            _ => format!("{} {:.2}", x.label, x.score),
+                        })
+                        .collect();
+                    let dets = if dets.is_empty() {
+                        "-".to_string()
+                    } else {
+                        dets.join(" ")
+                    };
+                    serde_json::Value::String(format!("frame {:>6} | {:6.1} ms | {dets}", d.seq, d.latency_ms))
+                } else {
+                    let mut v = serde_json::to_value(&d).unwrap_or_default();
+                    v["type"] = "detections".into();
+                    v
+                }
+            }
+            Message::Status(st) if a.text => serde_json::Value::String(format!(
+                "status {:?} {} | in {:.1} fps, out {:.1} fps, p50 {:.1} ms",
+                st.health, st.reason, st.fps_in, st.fps_out, st.latency_ms.p50
+            )),
+            _ if a.detections_only => continue,
+            Message::Hello(h) => with_type("hello", &*h),
+            Message::Status(s) => with_type("status", &*s),
+            Message::Missed { count } => serde_json::json!({"type": "missed", "count": count}),
+            Message::Error { error } => {
+                report!("kestrel: the daemon refused: {error}");
+                return ExitCode::from(1);
+            }
+            Message::FormatSwitch { format } => serde_json::json!({"type": "format", "format": format}),
+            Message::Unknown { kind } => serde_json::json!({"type": kind}),
+        };
+        let written = match &line {
+            serde_json::Value::String(t) => writeln!(out, "{t}"),
+            v => writeln!(out, "{v}"),
+        };
+        if written.and_then(|_| out.flush()).is_err() {
+            return ExitCode::SUCCESS; // stdout closed (e.g. piped into head)
+        }
+        if a.count.is_some_and(|n| seen >= n) {
+            break;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn with_type<T: serde::Serialize>(kind: &str, v: &T) -> serde_json::Value {
+    let mut v = serde_json::to_value(v).unwrap_or_default();
+    v["type"] = kind.into();
+    v
 }
 
 #[derive(Args)]
@@ -108,6 +253,12 @@ struct RunArgs {
     /// Override source.path (an .mjpeg file, an image file or a directory of images; the kind follows).
     #[arg(long, value_name = "PATH")]
     source: Option<PathBuf>,
+    /// Serve detections on this socket (sets publish.enabled and publish.socket).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_socket")]
+    socket: Option<PathBuf>,
+    /// No detection socket (publish.enabled = false).
+    #[arg(long)]
+    no_socket: bool,
     /// Use this V4L2 camera (sets source.kind = "v4l2" and source.device).
     #[arg(long, value_name = "PATH", conflicts_with = "source")]
     device: Option<PathBuf>,
@@ -334,6 +485,13 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
         };
         cfg.source.path = p.clone();
     }
+    if let Some(p) = &a.socket {
+        cfg.publish.enabled = true;
+        cfg.publish.socket = p.clone();
+    }
+    if a.no_socket {
+        cfg.publish.enabled = false;
+    }
     if let Some(d) = &a.device {
         cfg.source.kind = SourceKind::V4l2;
         cfg.source.device = d.clone();
@@ -367,8 +525,11 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_SETUP);
         }
     }
-    let started = match kestrel::daemon::start(&cfg, cli_ort, stop.clone()) {
-        Ok(p) => p,
+    let kestrel::daemon::Daemon {
+        pipeline: started,
+        publisher,
+    } = match kestrel::daemon::start(&cfg, cli_ort, stop.clone()) {
+        Ok(d) => d,
         Err(e) => {
             report!("kestrel: error: {e:#}");
             return ExitCode::from(EXIT_SETUP);
@@ -386,7 +547,9 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
     let every =
         (cfg.metrics.log_interval_ms > 0).then(|| std::time::Duration::from_millis(cfg.metrics.log_interval_ms));
     let metrics = started.metrics.clone();
-    match started.wait(every) {
+    let result = started.wait(every);
+    drop(publisher); // after the pipeline: subscribers see every published frame; removes the socket
+    match result {
         Ok(s) => {
             log::info!(
                 "stopped after {:.1} s ({}): {}",
@@ -420,5 +583,6 @@ fn main() -> ExitCode {
         Command::CheckConfig(a) => run_check_config(a),
         Command::Bench(a) => kestrel::bench::run(cli.ort_lib.as_deref(), a),
         Command::Devices(a) => run_devices(a),
+        Command::Subscribe(a) => run_subscribe(a),
     }
 }

@@ -150,6 +150,8 @@ pub struct Metrics {
     last: Mutex<(Instant, u64, u64)>,
     scratch: Mutex<Vec<f32>>,
     source: OnceLock<Arc<SourceStatus>>,
+    /// CLOCK_MONOTONIC ns of the last published frame (0: none yet).
+    pub last_publish_ns: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -171,6 +173,31 @@ impl Metrics {
             last: Mutex::new((now, 0, 0)),
             scratch: Mutex::new(Vec::with_capacity(RING)),
             source: OnceLock::new(),
+            last_publish_ns: AtomicU64::new(0),
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Drop totals by reason.
+    pub fn drop_totals(&self) -> Vec<(&'static str, u64)> {
+        DROPS.iter().map(|d| (d.name(), self.drops(*d))).collect()
+    }
+
+    /// One stage's latency over the current interval, without starting a new one.
+    pub fn peek(&self, stage: Stage) -> Latency {
+        let mut samples = {
+            let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+            let r = &rings[stage as usize];
+            (r.samples.clone(), r.count, r.max)
+        };
+        Latency {
+            count: samples.1,
+            p50_ms: percentile(&mut samples.0, 0.50),
+            p99_ms: percentile(&mut samples.0, 0.99),
+            max_ms: samples.2,
         }
     }
 
@@ -192,6 +219,7 @@ impl Metrics {
     }
     pub fn published(&self) {
         self.published.fetch_add(1, Relaxed);
+        self.last_publish_ns.store(crate::frame::monotonic_ns(), Relaxed);
     }
     pub fn dropped(&self, why: DropReason) {
         self.drops[why as usize].fetch_add(1, Relaxed);

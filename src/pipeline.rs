@@ -25,14 +25,14 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use thiserror::Error;
 
 use crate::detect::Thresholds;
-use crate::frame::{monotonic_ns, Frame};
+use crate::frame::{monotonic_ns, realtime_ns, Frame};
 use crate::letterbox::Letterbox;
 use crate::metrics::{DropReason, Metrics, Stage};
 use crate::model::{Detector, InferTimes, InputTensor, ModelError};
 use crate::nms::nms_into;
 use crate::pool::{Pool, Pooled};
 use crate::preprocess::{FramePreprocessor, PreprocessError};
-use crate::sink::{Published, Sink, SinkError};
+use crate::sink::{FrameTimes, Published, Sink, SinkError};
 use crate::source::{Source, SourceError};
 use crate::yolo::Candidate;
 
@@ -85,6 +85,8 @@ pub struct Options {
     pub thresholds: Thresholds,
     /// DCT-scaled JPEG decoding.
     pub scaled_jpeg: bool,
+    /// Camera intrinsics: detections get angles from the optical axis.
+    pub intrinsics: Option<crate::angles::Intrinsics>,
 }
 
 impl Default for Options {
@@ -95,6 +97,7 @@ impl Default for Options {
             poll: Duration::from_millis(20),
             thresholds: Thresholds::default(),
             scaled_jpeg: true,
+            intrinsics: None,
         }
     }
 }
@@ -110,6 +113,7 @@ struct Prepared {
     capture_ns: u64,
     lb: Letterbox,
     tensor: Pooled<InputTensor>,
+    times: FrameTimes,
 }
 
 struct Inferred {
@@ -117,6 +121,7 @@ struct Inferred {
     capture_ns: u64,
     lb: Letterbox,
     candidates: Pooled<Vec<Candidate>>,
+    times: FrameTimes,
 }
 
 struct Finished {
@@ -125,6 +130,11 @@ struct Finished {
     width: u32,
     height: u32,
     detections: Pooled<Vec<Candidate>>,
+    times: FrameTimes,
+}
+
+fn ms(d: Duration) -> f32 {
+    d.as_secs_f32() * 1e3
 }
 
 /// Shared timing estimates for just-in-time preprocessing (nanoseconds; EWMA).
@@ -241,14 +251,26 @@ impl Pipeline {
     /// Start every stage. `stop` ends the run when set (signal handlers set it); the source ending drains
     /// the pipeline and ends it too.
     pub fn start(
+        source: Box<dyn Source>,
+        inference: Box<dyn Inference>,
+        sink: Box<dyn Sink>,
+        labels: Arc<[String]>,
+        opts: Options,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, PipelineError> {
+        Self::start_with_metrics(source, inference, sink, labels, opts, stop, Arc::new(Metrics::new()))
+    }
+
+    /// [`Self::start`] recording into `metrics` (shared with the publisher's status messages).
+    pub fn start_with_metrics(
         mut source: Box<dyn Source>,
         mut inference: Box<dyn Inference>,
         mut sink: Box<dyn Sink>,
         labels: Arc<[String]>,
         opts: Options,
         stop: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
-        let metrics = Arc::new(Metrics::new());
         let workers = opts.workers.max(1);
         let depth = opts.queue_depth.max(1);
         let poll = opts.poll;
@@ -324,9 +346,10 @@ impl Pipeline {
                         return Ok(());
                     };
                     let t0 = Instant::now();
+                    let t0_ns = monotonic_ns();
                     m.record(
                         Stage::Queue,
-                        Duration::from_nanos(monotonic_ns().saturating_sub(frame.capture_ns)),
+                        Duration::from_nanos(t0_ns.saturating_sub(frame.capture_ns)),
                     );
                     match prep.prepare_frame(&frame, &mut tensor, dst_w, dst_h) {
                         Ok(lb) => {
@@ -338,6 +361,12 @@ impl Pipeline {
                                 capture_ns: frame.capture_ns,
                                 lb,
                                 tensor,
+                                times: FrameTimes {
+                                    queue_ms: ms(Duration::from_nanos(t0_ns.saturating_sub(frame.capture_ns))),
+                                    decode_ms: ms(prep.last_decode),
+                                    letterbox_ms: ms(prep.last_letterbox),
+                                    ..FrameTimes::default()
+                                },
                             };
                             let sent = if paced {
                                 push_latest(&tx, &rx_old, item, &m, DropReason::PreparedOverrun)
@@ -390,13 +419,16 @@ impl Pipeline {
                     let times = times?;
                     ewma(&pace.infer_ewma_ns, t0.elapsed());
                     m.record(Stage::Infer, times.run);
+                    let times_run = times.run;
                     m.inferred();
                     let Prepared {
                         seq,
                         capture_ns,
                         lb,
                         tensor,
+                        mut times,
                     } = item;
+                    times.infer_ms = ms(times_run);
                     drop(tensor); // back to the pool: the next frame can be prepared now
                     if !send_blocking(
                         &tx,
@@ -405,6 +437,7 @@ impl Pipeline {
                             capture_ns,
                             lb,
                             candidates,
+                            times,
                         },
                         poll,
                         &stopped,
@@ -432,13 +465,18 @@ impl Pipeline {
                 for d in dets.iter_mut() {
                     d.bbox = item.lb.image_box_from_model(d.bbox);
                 }
-                m.record(Stage::Postprocess, t0.elapsed());
+                let post = t0.elapsed();
+                m.record(Stage::Postprocess, post);
                 let out = Finished {
                     seq: item.seq,
                     capture_ns: item.capture_ns,
                     width: item.lb.src_w,
                     height: item.lb.src_h,
                     detections: dets,
+                    times: FrameTimes {
+                        postprocess_ms: ms(post),
+                        ..item.times
+                    },
                 };
                 drop(item);
                 if !send_blocking(&tx, out, poll, &stopped) {
@@ -452,15 +490,30 @@ impl Pipeline {
             let (m, rx, stopped) = (metrics.clone(), finished_rx, stopped);
             p.spawn("sink", move || {
                 let mut fps = FpsMeter::new();
+                let mut angles: Vec<[f32; 2]> = Vec::with_capacity(opts.thresholds.max_detections);
                 while let Some(item) = recv_or_stop(&rx, poll, &stopped) {
+                    angles.clear();
+                    if let Some(cam) = &opts.intrinsics {
+                        angles.extend(
+                            item.detections
+                                .iter()
+                                .map(|d| cam.box_angles(&d.bbox, item.width, item.height)),
+                        );
+                    }
                     let publish_ns = monotonic_ns();
+                    // The capture instant on the wall clock: now on CLOCK_REALTIME minus the frame's age.
+                    let capture_realtime_ns =
+                        realtime_ns().saturating_sub(monotonic_ns().saturating_sub(item.capture_ns));
                     sink.publish(&Published {
                         seq: item.seq,
                         capture_ns: item.capture_ns,
+                        capture_realtime_ns,
                         publish_ns,
+                        times: item.times,
                         width: item.width,
                         height: item.height,
                         detections: &item.detections,
+                        angles: &angles,
                         labels: &labels,
                         fps: fps.tick(),
                     })?;

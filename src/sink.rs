@@ -1,8 +1,6 @@
 //! Where results go. For now JSON Lines (stdout or a file), a human-readable text line, or nowhere; the
 //! socket publisher implements the same trait later.
 
-use serde::ser::{SerializeSeq, Serializer};
-use serde::Serialize;
 use std::io::Write;
 use thiserror::Error;
 
@@ -17,17 +15,35 @@ pub enum SinkError {
     Json(#[from] serde_json::Error),
 }
 
+/// Per-frame stage times, milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FrameTimes {
+    /// Capture until a preprocessing worker took the frame.
+    pub queue_ms: f32,
+    pub decode_ms: f32,
+    pub letterbox_ms: f32,
+    pub infer_ms: f32,
+    pub postprocess_ms: f32,
+}
+
 /// One published frame.
 #[derive(Debug)]
 pub struct Published<'a> {
     pub seq: u64,
     /// CLOCK_MONOTONIC ns.
     pub capture_ns: u64,
+    /// The same instant on CLOCK_REALTIME (ns since the Unix epoch).
+    pub capture_realtime_ns: u64,
+    /// CLOCK_MONOTONIC ns.
     pub publish_ns: u64,
+    pub times: FrameTimes,
     pub width: u32,
     pub height: u32,
     /// Boxes in image pixels, best first.
     pub detections: &'a [Candidate],
+    /// `[angle_x, angle_y]` (radians) of each detection's box centre when camera intrinsics are configured;
+    /// empty otherwise.
+    pub angles: &'a [[f32; 2]],
     pub labels: &'a [String],
     /// Published frames per second over the last metrics interval.
     pub fps: f64,
@@ -37,43 +53,8 @@ pub trait Sink: Send {
     fn publish(&mut self, frame: &Published<'_>) -> Result<(), SinkError>;
 }
 
-struct Dets<'a>(&'a [Candidate], &'a [String]);
-
-impl Serialize for Dets<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct D<'b> {
-            class_id: u32,
-            label: &'b str,
-            score: f32,
-            #[serde(rename = "box")]
-            bbox: [f32; 4],
-        }
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for c in self.0 {
-            seq.serialize_element(&D {
-                class_id: c.class_id,
-                label: label_for_str(self.1, c.class_id),
-                score: c.score,
-                bbox: c.bbox,
-            })?;
-        }
-        seq.end()
-    }
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    seq: u64,
-    capture_ns: u64,
-    publish_ns: u64,
-    latency_ms: f64,
-    width: u32,
-    height: u32,
-    detections: Dets<'a>,
-}
-
-/// JSON Lines: one object per frame, flushed per line. The line buffer is reused.
+/// JSON Lines: one object per frame — the protocol's `detections` message (docs/protocol.md) — flushed per
+/// line. The line buffer is reused.
 pub struct JsonLinesSink<W: Write + Send> {
     out: W,
     buf: Vec<u8>,
@@ -91,17 +72,7 @@ impl<W: Write + Send> JsonLinesSink<W> {
 impl<W: Write + Send> Sink for JsonLinesSink<W> {
     fn publish(&mut self, f: &Published<'_>) -> Result<(), SinkError> {
         self.buf.clear();
-        let line = Line {
-            seq: f.seq,
-            capture_ns: f.capture_ns,
-            publish_ns: f.publish_ns,
-            latency_ms: f.publish_ns.saturating_sub(f.capture_ns) as f64 / 1e6,
-            width: f.width,
-            height: f.height,
-            detections: Dets(f.detections, f.labels),
-        };
-        serde_json::to_writer(&mut self.buf, &line)?;
-        self.buf.push(b'\n');
+        crate::publish::protocol::write_detections_json(f, &mut self.buf)?;
         self.out.write_all(&self.buf)?;
         self.out.flush()?;
         Ok(())
@@ -167,10 +138,13 @@ mod tests {
         let f = Published {
             seq: 7,
             capture_ns: 1_000_000,
+            capture_realtime_ns: 1_700_000_000_000_000_000,
             publish_ns: 3_500_000,
+            times: FrameTimes::default(),
             width: 64,
             height: 48,
             detections: &dets,
+            angles: &[],
             labels: &labels,
             fps: 1.0,
         };

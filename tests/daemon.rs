@@ -47,6 +47,7 @@ fn images_source_streams_correct_detections_in_order() {
     let out = kestrel()
         .args([
             "run",
+            "--no-socket",
             "--config",
             "examples/images.toml",
             "--fps",
@@ -93,6 +94,7 @@ fn mjpeg_source_streams_the_demo_clip() {
     let out = kestrel()
         .args([
             "run",
+            "--no-socket",
             "--config",
             "examples/kestrel.toml",
             "--fps",
@@ -127,7 +129,14 @@ fn mjpeg_source_streams_the_demo_clip() {
 fn sigterm_and_sigint_exit_zero_promptly() {
     for sig in ["-TERM", "-INT"] {
         let mut child = kestrel()
-            .args(["run", "--config", "examples/kestrel.toml", "--format", "json"])
+            .args([
+                "run",
+                "--no-socket",
+                "--config",
+                "examples/kestrel.toml",
+                "--format",
+                "json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -159,6 +168,7 @@ fn a_failing_stage_ends_the_process_non_zero() {
     let mut child = kestrel()
         .args([
             "run",
+            "--no-socket",
             "--config",
             "examples/kestrel.toml",
             "--fps",

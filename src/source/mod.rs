@@ -41,7 +41,7 @@ pub trait Source: Send {
 }
 
 /// Where a camera source stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceState {
     /// Not streamed yet (opening, or waiting for the device to appear).
@@ -87,7 +87,7 @@ impl Default for SourceStatus {
 }
 
 /// A copy of [`SourceStatus`] at one moment.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SourceSnapshot {
     pub state: SourceState,
     /// Seconds in the current state.

@@ -1,0 +1,734 @@
+//! The detection socket: a Unix stream socket server on its own thread ("publisher"), fed by the pipeline's
+//! sink stage through a bounded channel it never blocks on.
+//!
+//! Each subscriber has its own bounded queue of encoded messages; the server writes with non-blocking I/O, so a
+//! slow subscriber only delays itself: when its queue is full the oldest message is dropped and counted (the
+//! next message it gets is a `missed` notice with the count), and once its oldest queued message is older
+//! than `max_lag_ms` it is disconnected. What clients send is read and discarded (a `{"format":…}` line
+//! switches that subscriber's format), at most 64 KiB per client per loop, lines capped at 4 KiB. A `status`
+//! heartbeat goes out every `status_interval_ms` whatever the pipeline does.
+
+pub mod protocol;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use serde::Deserialize;
+use thiserror::Error;
+
+use self::protocol::{Format, Health, Hello, LatencyMs, Status};
+use crate::frame::monotonic_ns;
+use crate::metrics::{Metrics, Stage};
+use crate::sink::{Published, Sink, SinkError};
+use crate::source::SourceState;
+
+/// `[publish]` in the config.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Serve detections on the socket (default true).
+    pub enabled: bool,
+    /// Socket path (its directory must exist; systemd's `RuntimeDirectory=kestrel` makes /run/kestrel).
+    pub socket: PathBuf,
+    /// Group that may connect (the socket is mode 0660); empty: the daemon's own group.
+    pub group: String,
+    /// Format of new subscribers (each can switch by sending `{"format":"binary"}`).
+    pub format: Format,
+    /// Subscribers at once; more are refused with an `error` message.
+    pub max_subscribers: usize,
+    /// Messages queued per subscriber before the oldest is dropped.
+    pub queue_messages: usize,
+    /// A subscriber whose oldest unsent message is older than this is disconnected.
+    pub max_lag_ms: u64,
+    /// `status` heartbeat interval.
+    pub status_interval_ms: u64,
+    /// No frame published for this long (with the camera streaming) is reported as `stalled`.
+    pub stall_ms: u64,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            socket: PathBuf::from("/run/kestrel/detections.sock"),
+            group: String::new(),
+            format: Format::Json,
+            max_subscribers: 16,
+            queue_messages: 64,
+            max_lag_ms: 2000,
+            status_interval_ms: 1000,
+            stall_ms: 2000,
+        }
+    }
+}
+
+impl PublishConfig {
+    /// Range checks: `Err((field, reason))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.enabled && self.socket.as_os_str().is_empty() {
+            return Err(("publish.socket", "required when publish.enabled".into()));
+        }
+        if !(1..=1024).contains(&self.max_subscribers) {
+            return Err((
+                "publish.max_subscribers",
+                format!("{} is not between 1 and 1024", self.max_subscribers),
+            ));
+        }
+        if !(2..=10_000).contains(&self.queue_messages) {
+            return Err((
+                "publish.queue_messages",
+                format!("{} is not between 2 and 10000", self.queue_messages),
+            ));
+        }
+        if !(100..=60_000).contains(&self.max_lag_ms) {
+            return Err((
+                "publish.max_lag_ms",
+                format!("{} is not between 100 and 60000", self.max_lag_ms),
+            ));
+        }
+        if !(100..=1000).contains(&self.status_interval_ms) {
+            return Err((
+                "publish.status_interval_ms",
+                format!(
+                    "{} is not between 100 and 1000 (status must come at least once a second)",
+                    self.status_interval_ms
+                ),
+            ));
+        }
+        if !(100..=600_000).contains(&self.stall_ms) {
+            return Err((
+                "publish.stall_ms",
+                format!("{} is not between 100 and 600000", self.stall_ms),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum PublishError {
+    #[error("socket {path}: {reason}")]
+    Socket { path: PathBuf, reason: String },
+    #[error("cannot start the publisher thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters of the server (also in `status`).
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    pub connected: AtomicU64,
+    pub refused: AtomicU64,
+    pub disconnected_slow: AtomicU64,
+    pub messages_missed: AtomicU64,
+    /// Frames the sink could not hand to the server thread (it was behind): not sent to anyone.
+    pub frames_dropped: AtomicU64,
+    pub subscribers: AtomicU64,
+}
+
+/// One frame, encoded once in both formats.
+struct Outgoing {
+    json: Arc<[u8]>,
+    binary: Arc<[u8]>,
+}
+
+/// The pipeline side: encodes each frame once and hands it to the server thread without blocking.
+pub struct SocketSink {
+    tx: Sender<Outgoing>,
+    wake: UnixStream,
+    json: Vec<u8>,
+    binary: Vec<u8>,
+    stats: Arc<PublishStats>,
+}
+
+impl Sink for SocketSink {
+    fn publish(&mut self, f: &Published<'_>) -> Result<(), SinkError> {
+        if self.stats.subscribers.load(Relaxed) == 0 {
+            return Ok(());
+        }
+        self.json.clear();
+        self.binary.clear();
+        protocol::write_detections_json(f, &mut self.json)?;
+        protocol::write_detections_binary(f, &mut self.binary);
+        let out = Outgoing {
+            json: self.json.as_slice().into(),
+            binary: self.binary.as_slice().into(),
+        };
+        match self.tx.try_send(out) {
+            Ok(()) => {
+                // A byte on the wake pipe interrupts the server's poll; a full pipe means it is awake anyway.
+                let _ = (&self.wake).write(&[1]);
+            }
+            Err(TrySendError::Full(_)) => {
+                self.stats.frames_dropped.fetch_add(1, Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(SinkError::Io(std::io::Error::other("publisher thread ended")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the server needs to say in `hello`.
+#[derive(Clone, Debug)]
+pub struct HelloInfo {
+    pub hello: Hello,
+}
+
+/// The running server. Dropping it stops the thread and removes the socket file.
+pub struct Publisher {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub stats: Arc<PublishStats>,
+    path: PathBuf,
+    /// (dev, ino) of the socket we created, so we never remove someone else's.
+    ident: (u64, u64),
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
+            if (m.dev(), m.ino()) == self.ident {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    log::warn!("cannot remove socket {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Look up a group id in /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string("/etc/group").ok()?;
+    text.lines().find_map(|l| {
+        let mut it = l.split(':');
+        (it.next()? == name).then_some(())?;
+        it.nth(1)?.parse().ok()
+    })
+}
+
+/// Bind the socket: a stale socket file from a crash is replaced, a live server's socket or any other kind of
+/// file is refused. Created under a temporary name, given mode 0660 (and the group), then renamed into
+/// place, so it never exists with other permissions.
+fn bind(cfg: &PublishConfig) -> Result<(UnixListener, (u64, u64)), PublishError> {
+    let path = &cfg.socket;
+    let err = |reason: String| PublishError::Socket {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(err(
+                    "another server is listening on it (is kestrel already running?)".into()
+                ))
+            }
+            Err(_) => {
+                log::warn!("replacing stale socket {}", path.display());
+                std::fs::remove_file(path).map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+            }
+        },
+        Ok(m) => {
+            return Err(err(format!(
+                "exists and is not a socket ({}); refusing to replace it",
+                if m.is_dir() {
+                    "a directory"
+                } else {
+                    "a regular file or other"
+                }
+            )))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(err(format!(
+            "directory {} does not exist (systemd: RuntimeDirectory=kestrel)",
+            dir.display()
+        )));
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| err(format!("cannot bind: {e}")))?;
+    let cleanup = |e: String| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    };
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660)).map_err(|e| cleanup(e.to_string()))?;
+    if !cfg.group.is_empty() {
+        let gid = group_id(&cfg.group).ok_or_else(|| cleanup(format!("unknown group {:?}", cfg.group)))?;
+        std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(|e| cleanup(format!("chown to {}: {e}", cfg.group)))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| cleanup(format!("rename into place: {e}")))?;
+    let m = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
+    listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+    Ok((listener, (m.dev(), m.ino())))
+}
+
+/// Start the server; returns it and the sink the pipeline publishes into.
+pub fn start(
+    cfg: &PublishConfig,
+    hello: Hello,
+    metrics: Arc<Metrics>,
+) -> Result<(Publisher, SocketSink), PublishError> {
+    let (listener, ident) = bind(cfg)?;
+    let (wake_tx, wake_rx) = UnixStream::pair().map_err(PublishError::Thread)?;
+    for s in [&wake_tx, &wake_rx] {
+        s.set_nonblocking(true).map_err(PublishError::Thread)?;
+    }
+    let (tx, rx) = bounded::<Outgoing>(8);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(PublishStats::default());
+    let mut server = Server {
+        cfg: cfg.clone(),
+        listener,
+        wake: wake_rx,
+        rx,
+        subs: Vec::new(),
+        hello,
+        stats: stats.clone(),
+        metrics: metrics.clone(),
+        next_status: Instant::now(),
+        last_rates: (Instant::now(), metrics.captured_total(), metrics.published_total()),
+        last_counters: BTreeMap::new(),
+        next_id: 0,
+    };
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("publisher".into())
+            .spawn(move || server.run(&stop))
+            .map_err(PublishError::Thread)?
+    };
+    log::info!(
+        "publishing on {} (mode 0660{}), {} subscribers max",
+        cfg.socket.display(),
+        if cfg.group.is_empty() {
+            String::new()
+        } else {
+            format!(", group {}", cfg.group)
+        },
+        cfg.max_subscribers
+    );
+    Ok((
+        Publisher {
+            stop,
+            thread: Some(thread),
+            stats: stats.clone(),
+            path: cfg.socket.clone(),
+            ident,
+        },
+        SocketSink {
+            tx,
+            wake: wake_tx,
+            json: Vec::with_capacity(8192),
+            binary: Vec::with_capacity(8192),
+            stats,
+        },
+    ))
+}
+
+struct Subscriber {
+    id: u64,
+    stream: UnixStream,
+    format: Format,
+    queue: VecDeque<(Instant, Arc<[u8]>)>,
+    /// Bytes of the front message already written.
+    written: usize,
+    missed: u64,
+    input: Vec<u8>,
+    /// The client's current input line exceeded the limit: discard until the next newline.
+    discarding: bool,
+    closed: bool,
+}
+
+const READ_PER_LOOP: usize = 64 << 10;
+const MAX_LINE: usize = 4096;
+
+impl Subscriber {
+    fn push(&mut self, msg: Arc<[u8]>, cap: usize, stats: &PublishStats) {
+        if self.missed > 0 {
+            let mut m = Vec::new();
+            #[derive(serde::Serialize)]
+            struct Missed {
+                count: u64,
+            }
+            protocol::write_json_message("missed", &Missed { count: self.missed }, self.format, &mut m);
+            self.queue.push_back((Instant::now(), m.into()));
+            self.missed = 0;
+        }
+        while self.queue.len() >= cap {
+            // Keep a partly written message (the stream must stay framed); drop the next oldest.
+            let at = usize::from(self.written > 0);
+            if self.queue.remove(at).is_none() {
+                break;
+            }
+            self.missed += 1;
+            stats.messages_missed.fetch_add(1, Relaxed);
+        }
+        self.queue.push_back((Instant::now(), msg));
+    }
+
+    /// Write as much as the socket takes.
+    fn flush(&mut self) {
+        while let Some((_, front)) = self.queue.front() {
+            match (&self.stream).write(&front[self.written..]) {
+                Ok(0) => {
+                    self.closed = true;
+                    return;
+                }
+                Ok(n) => {
+                    self.written += n;
+                    if self.written == front.len() {
+                        self.queue.pop_front();
+                        self.written = 0;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Read (bounded) and act on what the client sent; returns a requested format switch.
+    fn read_input(&mut self) -> Option<Format> {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        let mut switch = None;
+        while total < READ_PER_LOOP {
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    total += n;
+                    for &b in &buf[..n] {
+                        if b == b'\n' {
+                            if !self.discarding {
+                                if let Ok(cmd) = serde_json::from_slice::<Command>(&self.input) {
+                                    if let Some(f) = cmd.format {
+                                        switch = Some(f);
+                                    }
+                                }
+                            }
+                            self.input.clear();
+                            self.discarding = false;
+                        } else if !self.discarding {
+                            if self.input.len() >= MAX_LINE {
+                                self.input.clear();
+                                self.discarding = true;
+                            } else {
+                                self.input.push(b);
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        switch
+    }
+}
+
+fn queue_hello(hello: &Hello, cfg: &PublishConfig, stats: &PublishStats, s: &mut Subscriber) {
+    let mut h = hello.clone();
+    h.format = s.format;
+    h.status_interval_ms = cfg.status_interval_ms;
+    let mut m = Vec::new();
+    protocol::write_json_message("hello", &h, s.format, &mut m);
+    s.push(m.into(), cfg.queue_messages, stats);
+}
+
+/// What a client may send (one JSON object per line); unknown fields are ignored.
+#[derive(Deserialize)]
+struct Command {
+    format: Option<Format>,
+}
+
+struct Server {
+    cfg: PublishConfig,
+    listener: UnixListener,
+    wake: UnixStream,
+    rx: Receiver<Outgoing>,
+    subs: Vec<Subscriber>,
+    hello: Hello,
+    stats: Arc<PublishStats>,
+    metrics: Arc<Metrics>,
+    next_status: Instant,
+    last_rates: (Instant, u64, u64),
+    last_counters: BTreeMap<String, u64>,
+    next_id: u64,
+}
+
+impl Server {
+    fn run(&mut self, stop: &AtomicBool) {
+        let poll_ms = Duration::from_millis(20);
+        while !stop.load(Relaxed) {
+            self.wait(poll_ms);
+            let mut buf = [0u8; 256];
+            while matches!((&self.wake).read(&mut buf), Ok(n) if n > 0) {}
+            self.accept();
+            while let Ok(out) = self.rx.try_recv() {
+                let cap = self.cfg.queue_messages;
+                for s in &mut self.subs {
+                    let msg = match s.format {
+                        Format::Json => out.json.clone(),
+                        Format::Binary => out.binary.clone(),
+                    };
+                    s.push(msg, cap, &self.stats);
+                }
+            }
+            if Instant::now() >= self.next_status {
+                self.next_status = Instant::now() + Duration::from_millis(self.cfg.status_interval_ms);
+                self.send_status();
+            }
+            self.service();
+        }
+        // Stopping: a last best-effort flush, then close everyone.
+        for s in &mut self.subs {
+            s.flush();
+        }
+    }
+
+    /// Sleep until a socket is ready, the sink wakes us, or `timeout`.
+    fn wait(&self, timeout: Duration) {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.subs.len() + 2);
+        fds.push(PollFd::new(&self.listener, PollFlags::IN));
+        fds.push(PollFd::new(&self.wake, PollFlags::IN));
+        for s in &self.subs {
+            let mut f = PollFlags::IN;
+            if !s.queue.is_empty() {
+                f |= PollFlags::OUT;
+            }
+            fds.push(PollFd::from_borrowed_fd(s.stream.as_fd(), f));
+        }
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: timeout.as_nanos() as _,
+        };
+        let _ = poll(&mut fds, Some(&ts));
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if self.subs.len() >= self.cfg.max_subscribers {
+                        self.stats.refused.fetch_add(1, Relaxed);
+                        let mut m = Vec::new();
+                        #[derive(serde::Serialize)]
+                        struct E {
+                            error: String,
+                        }
+                        let error = format!(
+                            "too many subscribers ({} max); try again later",
+                            self.cfg.max_subscribers
+                        );
+                        protocol::write_json_message("error", &E { error }, Format::Json, &mut m);
+                        let _ = (&stream).write(&m);
+                        log::warn!("subscriber refused: {} connected already", self.subs.len());
+                        continue;
+                    }
+                    self.next_id += 1;
+                    let mut s = Subscriber {
+                        id: self.next_id,
+                        stream,
+                        format: self.cfg.format,
+                        queue: VecDeque::new(),
+                        written: 0,
+                        missed: 0,
+                        input: Vec::new(),
+                        discarding: false,
+                        closed: false,
+                    };
+                    queue_hello(&self.hello, &self.cfg, &self.stats, &mut s);
+                    self.subs.push(s);
+                    self.stats.connected.fetch_add(1, Relaxed);
+                    self.stats.subscribers.store(self.subs.len() as u64, Relaxed);
+                    log::info!("subscriber {} connected ({} now)", self.next_id, self.subs.len());
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and the like: try again next loop rather than spin.
+                    log::warn!("accept on the detection socket failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn service(&mut self) {
+        let max_lag = Duration::from_millis(self.cfg.max_lag_ms);
+        let mut i = 0;
+        while i < self.subs.len() {
+            let s = &mut self.subs[i];
+            if let Some(f) = s.read_input() {
+                if f != s.format {
+                    // Switch at a message boundary: drop what is queued in the old format but not started; the
+                    // last message in the old format is a `format` notice, then a hello in the new one.
+                    s.queue.truncate(usize::from(s.written > 0));
+                    #[derive(serde::Serialize)]
+                    struct Switch {
+                        format: Format,
+                    }
+                    let mut m = Vec::new();
+                    protocol::write_json_message("format", &Switch { format: f }, s.format, &mut m);
+                    s.queue.push_back((Instant::now(), m.into()));
+                    s.format = f;
+                    queue_hello(&self.hello, &self.cfg, &self.stats, s);
+                }
+            }
+            let s = &mut self.subs[i];
+            if !s.closed {
+                s.flush();
+            }
+            let lagging = s.queue.front().is_some_and(|(t, _)| t.elapsed() > max_lag);
+            if s.closed || lagging {
+                if lagging {
+                    self.stats.disconnected_slow.fetch_add(1, Relaxed);
+                    log::warn!(
+                        "subscriber {} disconnected: more than {} ms behind ({} messages queued)",
+                        s.id,
+                        self.cfg.max_lag_ms,
+                        s.queue.len()
+                    );
+                } else {
+                    log::info!("subscriber {} disconnected", s.id);
+                }
+                self.subs.swap_remove(i);
+                self.stats.subscribers.store(self.subs.len() as u64, Relaxed);
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    fn send_status(&mut self) {
+        let status = self.status();
+        let (mut j, mut b) = (Vec::new(), Vec::new());
+        protocol::write_json_message("status", &status, Format::Json, &mut j);
+        protocol::write_json_message("status", &status, Format::Binary, &mut b);
+        let (j, b): (Arc<[u8]>, Arc<[u8]>) = (j.into(), b.into());
+        let cap = self.cfg.queue_messages;
+        for s in &mut self.subs {
+            let m = if s.format == Format::Json { j.clone() } else { b.clone() };
+            s.push(m, cap, &self.stats);
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        let m = &self.metrics;
+        let now = Instant::now();
+        let (captured, published) = (m.captured_total(), m.published_total());
+        let dt = now.duration_since(self.last_rates.0).as_secs_f64().max(1e-3);
+        let fps_in = (captured - self.last_rates.1.min(captured)) as f64 / dt;
+        let fps_out = (published - self.last_rates.2.min(published)) as f64 / dt;
+        self.last_rates = (now, captured, published);
+        let mut drops: BTreeMap<String, u64> = m.drop_totals().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let camera = m.source();
+        if let Some(c) = &camera {
+            drops.insert("driver".into(), c.driver_drops);
+            drops.insert("corrupt".into(), c.corrupt_frames);
+            drops.insert("dequeue_timeouts".into(), c.dequeue_timeouts);
+            drops.insert("restarts".into(), c.restarts);
+        }
+        drops.insert("subscriber_missed".into(), self.stats.messages_missed.load(Relaxed));
+        drops.insert("publisher_behind".into(), self.stats.frames_dropped.load(Relaxed));
+        // What grew since the last status.
+        let grew: Vec<String> = ["bad_frame", "driver", "corrupt", "dequeue_timeouts", "restarts"]
+            .iter()
+            .filter_map(|k| {
+                let (now, before) = (drops.get(*k).copied().unwrap_or(0), self.last_counters.get(*k).copied());
+                (before.is_some_and(|b| now > b)).then(|| format!("{k} +{}", now - before.unwrap_or(0)))
+            })
+            .collect();
+        self.last_counters = drops.clone();
+        let last_pub = m.last_publish_ns.load(Relaxed);
+        let age = (last_pub > 0).then(|| monotonic_ns().saturating_sub(last_pub) as f64 * 1e-9);
+        let stalled_for = age.unwrap_or(m.uptime().as_secs_f64());
+        let (health, reason) = match camera.as_ref().map(|c| (c.state, c.state_s)) {
+            Some((SourceState::CameraLost, s)) => {
+                (Health::CameraLost, format!("camera lost {s:.1} s ago; reconnecting"))
+            }
+            Some((SourceState::Starting, s)) => (Health::CameraLost, format!("waiting for the camera for {s:.1} s")),
+            _ if stalled_for * 1e3 >= self.cfg.stall_ms as f64 => (
+                Health::Stalled,
+                if captured == 0 {
+                    format!("no frame captured in {stalled_for:.1} s")
+                } else {
+                    format!("no frame published for {stalled_for:.1} s ({fps_in:.1} fps captured)")
+                },
+            ),
+            _ if !grew.is_empty() => (Health::Degraded, grew.join(", ")),
+            _ => (Health::Ok, String::new()),
+        };
+        let lat = m.peek(Stage::CaptureToPublish);
+        Status {
+            time_ns: monotonic_ns(),
+            health,
+            reason,
+            uptime_s: m.uptime().as_secs_f64(),
+            fps_in,
+            fps_out,
+            frames_captured: captured,
+            frames_published: published,
+            drops,
+            latency_ms: LatencyMs {
+                p50: lat.p50_ms,
+                p99: lat.p99_ms,
+            },
+            last_publish_age_s: age,
+            camera,
+            execution_provider: self.hello.execution_provider.clone(),
+            subscribers: self.subs.len(),
+        }
+    }
+}
+
+/// Several sinks in one (e.g. the socket and a JSON Lines file).
+pub struct TeeSink(pub Vec<Box<dyn Sink>>);
+
+impl Sink for TeeSink {
+    fn publish(&mut self, f: &Published<'_>) -> Result<(), SinkError> {
+        for s in &mut self.0 {
+            s.publish(f)?;
+        }
+        Ok(())
+    }
+}
