@@ -41,7 +41,8 @@ pub enum ClientError {
 
 pub struct Subscriber {
     stream: UnixStream,
-    format: Format,
+    /// The framing of what arrives next; `None` until the first bytes say (a server may default to binary).
+    format: Option<Format>,
     buf: Vec<u8>,
     labels: Vec<String>,
 }
@@ -56,7 +57,7 @@ impl Subscriber {
         })?;
         let mut s = Self {
             stream,
-            format: Format::Json,
+            format: None,
             buf: Vec::with_capacity(1 << 16),
             labels: Vec::new(),
         };
@@ -78,7 +79,7 @@ impl Subscriber {
             if let Some(m) = self.parse_one()? {
                 match &m {
                     Message::Hello(h) => self.labels = h.labels.clone(),
-                    Message::FormatSwitch { format } => self.format = *format,
+                    Message::FormatSwitch { format } => self.format = Some(*format),
                     _ => {}
                 }
                 return Ok(Some(m));
@@ -102,7 +103,19 @@ impl Subscriber {
     }
 
     fn parse_one(&mut self) -> Result<Option<Message>, ClientError> {
-        match self.format {
+        if self.format.is_none() {
+            // Every JSON message starts with `{"type"`; a binary frame cannot start with `{"ty` (that length
+            // would be ~2 GB, beyond the protocol's 4 MiB limit).
+            if self.buf.len() < 4 {
+                return Ok(None);
+            }
+            self.format = Some(if self.buf.starts_with(b"{\"ty") {
+                Format::Json
+            } else {
+                Format::Binary
+            });
+        }
+        match self.format.unwrap_or_default() {
             Format::Json => {
                 let Some(nl) = self.buf.iter().position(|b| *b == b'\n') else {
                     return Ok(None);

@@ -3,8 +3,8 @@
 //!
 //! Each subscriber has its own bounded queue of encoded messages; the server writes with non-blocking I/O, so a
 //! slow subscriber only delays itself: when its queue is full the oldest message is dropped and counted (the
-//! next message it gets is a `missed` notice with the count), and once its oldest queued message is older
-//! than `max_lag_ms` it is disconnected. What clients send is read and discarded (a `{"format":…}` line
+//! next message it gets is a `missed` notice with the count), and once it has taken nothing for `max_lag_ms`
+//! while messages wait it is disconnected. What clients send is read and discarded (a `{"format":…}` line
 //! switches that subscriber's format), at most 64 KiB per client per loop, lines capped at 4 KiB. A `status`
 //! heartbeat goes out every `status_interval_ms` whatever the pipeline does.
 
@@ -47,7 +47,7 @@ pub struct PublishConfig {
     pub max_subscribers: usize,
     /// Messages queued per subscriber before the oldest is dropped.
     pub queue_messages: usize,
-    /// A subscriber whose oldest unsent message is older than this is disconnected.
+    /// A subscriber that takes no data for this long while messages wait for it is disconnected.
     pub max_lag_ms: u64,
     /// `status` heartbeat interval.
     pub status_interval_ms: u64,
@@ -357,6 +357,8 @@ struct Subscriber {
     /// Bytes of the front message already written.
     written: usize,
     missed: u64,
+    /// Last time the socket took bytes (or had nothing to take).
+    progress: Instant,
     input: Vec<u8>,
     /// The client's current input line exceeded the limit: discard until the next newline.
     discarding: bool,
@@ -392,6 +394,9 @@ impl Subscriber {
 
     /// Write as much as the socket takes.
     fn flush(&mut self) {
+        if self.queue.is_empty() {
+            self.progress = Instant::now();
+        }
         while let Some((_, front)) = self.queue.front() {
             match (&self.stream).write(&front[self.written..]) {
                 Ok(0) => {
@@ -400,6 +405,7 @@ impl Subscriber {
                 }
                 Ok(n) => {
                     self.written += n;
+                    self.progress = Instant::now();
                     if self.written == front.len() {
                         self.queue.pop_front();
                         self.written = 0;
@@ -561,7 +567,7 @@ impl Server {
                         );
                         protocol::write_json_message("error", &E { error }, Format::Json, &mut m);
                         let _ = (&stream).write(&m);
-                        log::warn!("subscriber refused: {} connected already", self.subs.len());
+                        log::debug!("subscriber refused: {} connected already", self.subs.len());
                         continue;
                     }
                     self.next_id += 1;
@@ -572,6 +578,7 @@ impl Server {
                         queue: VecDeque::new(),
                         written: 0,
                         missed: 0,
+                        progress: Instant::now(),
                         input: Vec::new(),
                         discarding: false,
                         closed: false,
@@ -580,7 +587,7 @@ impl Server {
                     self.subs.push(s);
                     self.stats.connected.fetch_add(1, Relaxed);
                     self.stats.subscribers.store(self.subs.len() as u64, Relaxed);
-                    log::info!("subscriber {} connected ({} now)", self.next_id, self.subs.len());
+                    log::debug!("subscriber {} connected ({} now)", self.next_id, self.subs.len());
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -618,18 +625,20 @@ impl Server {
             if !s.closed {
                 s.flush();
             }
-            let lagging = s.queue.front().is_some_and(|(t, _)| t.elapsed() > max_lag);
+            // Stalled: messages wait and the socket has taken nothing for max_lag. (A slow reader that makes
+            // progress stays, losing messages as its queue overflows.)
+            let lagging = !s.queue.is_empty() && s.progress.elapsed() > max_lag;
             if s.closed || lagging {
                 if lagging {
                     self.stats.disconnected_slow.fetch_add(1, Relaxed);
                     log::warn!(
-                        "subscriber {} disconnected: more than {} ms behind ({} messages queued)",
+                        "subscriber {} disconnected: took nothing for more than {} ms ({} messages queued)",
                         s.id,
                         self.cfg.max_lag_ms,
                         s.queue.len()
                     );
                 } else {
-                    log::info!("subscriber {} disconnected", s.id);
+                    log::debug!("subscriber {} disconnected", s.id);
                 }
                 self.subs.swap_remove(i);
                 self.stats.subscribers.store(self.subs.len() as u64, Relaxed);

@@ -57,7 +57,7 @@ def run_pipeline(kestrel_bin, frames, tmp_path, scaled):
         f'[model]\npath = "{ROOT}/models/yolov3-tiny-416.onnx"\n'
         f'[pipeline]\nscaled_jpeg_decode = {"true" if scaled else "false"}\n[metrics]\nlog_interval_ms = 0\n'
     )
-    r = subprocess.run([str(kestrel_bin), "run", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([str(kestrel_bin), "run", "--no-socket", "--config", str(cfg)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [x["seq"] for x in lines] == list(range(1, len(frames) + 1)), "every frame, in order"
