@@ -633,4 +633,46 @@ mod tests {
         assert!(matches!(decode_binary(&p, &labels), Ok(Message::Detections(_))));
         assert!(next_binary_frame(&[0xff, 0xff, 0xff, 0x7f]).is_err());
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Arbitrary bytes never panic any decoder (what a fuzzer would check first).
+            #[test]
+            fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let labels = vec!["a".to_string()];
+                let _ = decode_json(&bytes);
+                let _ = decode_binary(&bytes, &labels);
+                let _ = next_binary_frame(&bytes);
+            }
+
+            /// Mutated valid frames never panic either, and unmodified ones round-trip.
+            #[test]
+            fn mutated_frames_never_panic(
+                n in 0usize..5,
+                flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+                cut in any::<usize>(),
+            ) {
+                let labels = vec!["person".to_string()];
+                let dets: Vec<Candidate> = (0..n)
+                    .map(|i| Candidate { class_id: i as u32, score: 0.5, bbox: [1.0, 2.0, 3.0, 4.0] })
+                    .collect();
+                let f = sample(&dets, &[], &labels);
+                let mut b = Vec::new();
+                write_detections_binary(&f, &mut b);
+                let ok = decode_binary(&b[4..], &labels).unwrap();
+                let Message::Detections(d) = ok else { panic!("not detections") };
+                prop_assert_eq!(d.detections.len(), n);
+                for (at, v) in flips {
+                    let i = at % b.len();
+                    b[i] ^= v;
+                }
+                let end = 4 + cut % (b.len() - 3);
+                let _ = decode_binary(&b[4.min(end)..end], &labels);
+                let _ = next_binary_frame(&b);
+            }
+        }
+    }
 }
