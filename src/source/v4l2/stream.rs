@@ -3,8 +3,11 @@
 //! The `v4l` crate's own `io::mmap::Stream` panics in `Drop` when `VIDIOC_STREAMOFF` or `munmap` fail with
 //! anything but `ENODEV`, and its `next()` re-queues the previous buffer implicitly. Here teardown ignores (and
 //! logs) every error, and a dequeued buffer is only reachable inside [`MmapStream::next_with`]'s closure and
-//! re-queued right after it, so nothing can hold a borrowed driver buffer across the next dequeue. Everything
-//! else (open, formats, controls) uses the `v4l` crate.
+//! re-queued right after it, so nothing can hold a borrowed driver buffer across the next dequeue. The crate's
+//! `query_caps` and `format` also panic on a card name that is not UTF-8 or an enum value it does not know, so
+//! QUERYCAP, ENUM_FMT and S_FMT/G_FMT are done here too. The `v4l` crate still opens the device (its handle
+//! `unwrap`s close(2) in `Drop`; closing a V4L2 file descriptor does not fail — the driver's release cannot
+//! report errors — so that path is accepted) and enumerates frame sizes and intervals.
 
 use std::io;
 use std::os::fd::BorrowedFd;
