@@ -35,6 +35,8 @@ pub struct Config {
     pub intrinsics: Option<crate::angles::IntrinsicsConfig>,
     /// The detection socket.
     pub publish: crate::publish::PublishConfig,
+    /// MAVLink LANDING_TARGET output (off by default).
+    pub mavlink: crate::mavlink::MavlinkConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -368,6 +370,15 @@ impl Config {
         }
         if let Err((field, reason)) = self.publish.validate() {
             return bad(field, reason);
+        }
+        if let Err((field, reason)) = self.mavlink.validate() {
+            return bad(field, reason);
+        }
+        if self.mavlink.enabled && self.intrinsics.is_none() {
+            return bad(
+                "mavlink.enabled",
+                "LANDING_TARGET needs angles: add the camera's [intrinsics]".into(),
+            );
         }
         if let Some(i) = &self.intrinsics {
             if let Err(reason) = crate::angles::Intrinsics::new(i) {

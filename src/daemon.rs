@@ -110,6 +110,20 @@ pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> any
     log::info!("source {}", src.name());
     let metrics = Arc::new(Metrics::new());
     let mut sink = open_sink(cfg)?;
+    if cfg.mavlink.enabled {
+        let Some(intrinsics) = cfg.intrinsics.as_ref() else {
+            anyhow::bail!("mavlink.enabled needs [intrinsics]");
+        };
+        let intrinsics = crate::angles::Intrinsics::new(intrinsics).map_err(anyhow::Error::msg)?;
+        let m = crate::mavlink::MavlinkSink::new(&cfg.mavlink, intrinsics, &info.labels)?;
+        log::info!(
+            "MAVLink LANDING_TARGET for class {:?} (id {}) to {}",
+            cfg.mavlink.target_class,
+            m.class_id(),
+            cfg.mavlink.endpoint
+        );
+        sink = Box::new(TeeSink(vec![sink, Box::new(m)]));
+    }
     let publisher = if cfg.publish.enabled {
         let hello = Hello {
             protocol: crate::publish::protocol::VERSION,

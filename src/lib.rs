@@ -12,6 +12,7 @@ pub mod decode;
 pub mod detect;
 pub mod labels;
 pub mod letterbox;
+pub mod mavlink;
 pub mod model;
 pub mod nms;
 pub mod runtime;
