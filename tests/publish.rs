@@ -401,3 +401,34 @@ fn socket_file_mode_stale_replacement_refusals_and_cleanup() {
     assert!(err.contains("is not a socket") && err.contains("d.sock"), "{err}");
     assert_eq!(std::fs::read(&sock).unwrap(), b"precious");
 }
+
+#[test]
+fn subscribers_beyond_the_cap_are_refused_politely() {
+    let _g = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("d.sock");
+    let cfg = write_config(
+        dir.path(),
+        &format!("{FAST_SOURCE}[publish]\nsocket = \"{}\"\nmax_subscribers = 2\n", sock.display()),
+    );
+    let mut d = daemon(&cfg, &[]);
+    wait_for_socket(&sock, &mut d);
+    let mut a = Subscriber::connect(&sock, Format::Json).unwrap();
+    let mut b = Subscriber::connect(&sock, Format::Json).unwrap();
+    for s in [&mut a, &mut b] {
+        assert!(matches!(s.next(Duration::from_secs(2)).unwrap(), Some(Message::Hello(_))));
+    }
+    let mut c = Subscriber::connect(&sock, Format::Json).unwrap();
+    match c.next(Duration::from_secs(2)).unwrap() {
+        Some(Message::Error { error }) => assert!(error.contains("too many subscribers (2 max)"), "{error}"),
+        other => panic!("expected an error message, got {other:?}"),
+    }
+    assert!(c.next(Duration::from_secs(2)).is_err(), "refused connection not closed");
+    // The two still get frames.
+    for s in [&mut a, &mut b] {
+        let got = (0..20).any(|_| matches!(s.next(Duration::from_secs(2)), Ok(Some(Message::Detections(_)))));
+        assert!(got);
+    }
+    let (code, _) = stop(d);
+    assert_eq!(code, Some(0));
+}
