@@ -409,14 +409,20 @@ fn subscribers_beyond_the_cap_are_refused_politely() {
     let sock = dir.path().join("d.sock");
     let cfg = write_config(
         dir.path(),
-        &format!("{FAST_SOURCE}[publish]\nsocket = \"{}\"\nmax_subscribers = 2\n", sock.display()),
+        &format!(
+            "{FAST_SOURCE}[publish]\nsocket = \"{}\"\nmax_subscribers = 2\n",
+            sock.display()
+        ),
     );
     let mut d = daemon(&cfg, &[]);
     wait_for_socket(&sock, &mut d);
     let mut a = Subscriber::connect(&sock, Format::Json).unwrap();
     let mut b = Subscriber::connect(&sock, Format::Json).unwrap();
     for s in [&mut a, &mut b] {
-        assert!(matches!(s.next(Duration::from_secs(2)).unwrap(), Some(Message::Hello(_))));
+        assert!(matches!(
+            s.next(Duration::from_secs(2)).unwrap(),
+            Some(Message::Hello(_))
+        ));
     }
     let mut c = Subscriber::connect(&sock, Format::Json).unwrap();
     match c.next(Duration::from_secs(2)).unwrap() {
