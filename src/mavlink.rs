@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mavlink::dialects::common::{
     LandingTargetType, MavAutopilot, MavBool, MavFrame, MavMessage, MavModeFlag, MavState, MavType, HEARTBEAT_DATA,
     LANDING_TARGET_DATA,
@@ -46,6 +46,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::angles::Intrinsics;
+use crate::pipeline::RateLimitedLog;
 use crate::sink::{Published, Sink, SinkError};
 
 /// Messages waiting for the sender thread; when full the oldest is dropped.
@@ -55,7 +56,6 @@ const POLL: Duration = Duration::from_millis(20);
 /// Write timeout of serial links (each write of a message is bounded by it).
 const SERIAL_WRITE_TIMEOUT: Duration = Duration::from_millis(50);
 /// At most one send-error log line per this interval.
-const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 const HEARTBEAT_HZ: std::ops::RangeInclusive<f64> = 0.2..=50.0;
 
 #[derive(Debug, Error)]
@@ -308,41 +308,12 @@ impl MavlinkStats {
 
 /// Offer `msg` to the queue without blocking; when it is full, drop the oldest queued message (counted in
 /// `dropped`) so the newest gets through.
-fn offer<T>(tx: &Sender<T>, rx: &Receiver<T>, mut msg: T, dropped: &AtomicU64) {
-    for _ in 0..QUEUE + 1 {
-        match tx.try_send(msg) {
-            Ok(()) => return,
-            Err(TrySendError::Full(back)) => {
-                msg = back;
-                if rx.try_recv().is_ok() {
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => break,
-        }
-    }
-    dropped.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Rate limit for error logs: `Some(suppressed since the last line)` when a line may be written now.
-#[derive(Debug, Default)]
-struct ErrorLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl ErrorLog {
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.duration_since(t) < ERROR_LOG_INTERVAL => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
+fn offer<T>(tx: &Sender<T>, rx: &Receiver<T>, msg: T, dropped: &AtomicU64) {
+    let count = || {
+        dropped.fetch_add(1, Ordering::Relaxed);
+    };
+    if !crate::pipeline::push_latest(tx, rx, msg, &count) {
+        count(); // the thread is gone: this one is lost too
     }
 }
 
@@ -389,7 +360,7 @@ impl MavlinkSink {
             period: Duration::from_secs_f64(1.0 / cfg.heartbeat_hz),
             endpoint: cfg.endpoint.clone(),
             counters: stats.0.clone(),
-            errors: ErrorLog::default(),
+            errors: RateLimitedLog::new("MAVLink: cannot send"),
         };
         let thread = {
             let (rx, stop) = (rx.clone(), stop.clone());
@@ -474,7 +445,7 @@ struct Link {
     period: Duration,
     endpoint: String,
     counters: Arc<Counters>,
-    errors: ErrorLog,
+    errors: RateLimitedLog,
 }
 
 impl Link {
@@ -719,16 +690,5 @@ mod tests {
         assert_eq!(dropped.load(Ordering::Relaxed), 3);
         let left: Vec<usize> = rx.try_iter().collect();
         assert_eq!(left, (3..QUEUE + 3).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn error_logs_are_rate_limited() {
-        let mut log = ErrorLog::default();
-        let t0 = Instant::now();
-        assert_eq!(log.admit(t0), Some(0));
-        assert_eq!(log.admit(t0 + Duration::from_secs(1)), None);
-        assert_eq!(log.admit(t0 + Duration::from_millis(4999)), None);
-        assert_eq!(log.admit(t0 + Duration::from_secs(5)), Some(2));
-        assert_eq!(log.admit(t0 + Duration::from_secs(6)), None);
     }
 }

@@ -153,13 +153,13 @@ fn ewma(slot: &AtomicU64, sample: Duration) {
 }
 
 /// Queue `item`; when the queue is full, drop the oldest queued item (counted as `why`) to make room.
-fn push_latest<T>(tx: &Sender<T>, rx: &Receiver<T>, mut item: T, metrics: &Metrics, why: DropReason) -> bool {
+pub(crate) fn push_latest<T>(tx: &Sender<T>, rx: &Receiver<T>, mut item: T, on_drop: &dyn Fn()) -> bool {
     loop {
         match tx.try_send(item) {
             Ok(()) => return true,
             Err(TrySendError::Full(back)) => {
                 if rx.try_recv().is_ok() {
-                    metrics.dropped(why);
+                    on_drop();
                 }
                 item = back;
             }
@@ -208,26 +208,25 @@ impl RateLimitedLog {
             suppressed: 0,
         }
     }
-    pub(crate) fn warn(&mut self, err: &dyn std::fmt::Display) {
-        let now = Instant::now();
+    /// `Some(lines suppressed since the last one)` when a line may be written at `now` (one per 5 s).
+    pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
         if self
             .last
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
         {
             self.suppressed += 1;
-            return;
-        }
-        if self.suppressed > 0 {
-            log::warn!(
-                "{}: {err} (and {} more since the last report)",
-                self.what,
-                self.suppressed
-            );
-        } else {
-            log::warn!("{}: {err}", self.what);
+            return None;
         }
         self.last = Some(now);
-        self.suppressed = 0;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    pub(crate) fn warn(&mut self, err: &dyn std::fmt::Display) {
+        match self.admit(Instant::now()) {
+            None => {}
+            Some(0) => log::warn!("{}: {err}", self.what),
+            Some(n) => log::warn!("{}: {err} (and {n} more since the last report)", self.what),
+        }
     }
 }
 
@@ -306,7 +305,7 @@ impl Pipeline {
                 while let Some(frame) = source.next_frame(&stopped)? {
                     m.captured();
                     let sent = if paced {
-                        push_latest(&frames_tx, &rx, frame, &m, DropReason::CaptureOverrun)
+                        push_latest(&frames_tx, &rx, frame, &|| m.dropped(DropReason::CaptureOverrun))
                     } else {
                         send_blocking(&frames_tx, frame, poll, &stopped)
                     };
@@ -369,7 +368,7 @@ impl Pipeline {
                                 },
                             };
                             let sent = if paced {
-                                push_latest(&tx, &rx_old, item, &m, DropReason::PreparedOverrun)
+                                push_latest(&tx, &rx_old, item, &|| m.dropped(DropReason::PreparedOverrun))
                             } else {
                                 send_blocking(&tx, item, poll, &stopped)
                             };
@@ -667,5 +666,21 @@ impl FpsMeter {
             (self.window_start, self.intervals, self.settled) = (Some(now), 0, true);
         }
         self.fps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_log_admits_one_line_per_5_s_and_counts_the_rest() {
+        let mut log = RateLimitedLog::new("x");
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        assert_eq!(log.admit(t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.admit(t0 + Duration::from_millis(4999)), None);
+        assert_eq!(log.admit(t0 + Duration::from_secs(5)), Some(2));
+        assert_eq!(log.admit(t0 + Duration::from_secs(6)), None);
     }
 }

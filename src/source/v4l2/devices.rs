@@ -127,21 +127,7 @@ pub fn describe(path: &Path) -> DeviceInfo {
     for (fourcc, description) in formats {
         let fcc = FourCC::new(&fourcc);
         let mut sizes = Vec::new();
-        for fs in dev.enum_framesizes(fcc).unwrap_or_default() {
-            let offer = match fs.size {
-                v4l::framesize::FrameSizeEnum::Discrete(d) => SizeOffer::Discrete {
-                    width: d.width,
-                    height: d.height,
-                },
-                v4l::framesize::FrameSizeEnum::Stepwise(s) => SizeOffer::Stepwise {
-                    min_width: s.min_width,
-                    max_width: s.max_width,
-                    step_width: s.step_width,
-                    min_height: s.min_height,
-                    max_height: s.max_height,
-                    step_height: s.step_height,
-                },
-            };
+        for offer in super::size_offers(&dev, fourcc) {
             let mut si = SizeInfo {
                 size: String::new(),
                 fps: Vec::new(),

@@ -431,26 +431,32 @@ pub fn enumerate(dev: &Device) -> io::Result<Vec<FormatOffer>> {
     stream::enum_formats(&handle)?
         .into_iter()
         .map(|(fourcc, _)| {
-            let sizes = dev
-                .enum_framesizes(FourCC::new(&fourcc))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|s| match s.size {
-                    v4l::framesize::FrameSizeEnum::Discrete(d) => SizeOffer::Discrete {
-                        width: d.width,
-                        height: d.height,
-                    },
-                    v4l::framesize::FrameSizeEnum::Stepwise(s) => SizeOffer::Stepwise {
-                        min_width: s.min_width,
-                        max_width: s.max_width,
-                        step_width: s.step_width,
-                        min_height: s.min_height,
-                        max_height: s.max_height,
-                        step_height: s.step_height,
-                    },
-                })
-                .collect();
-            Ok(FormatOffer { fourcc, sizes })
+            Ok(FormatOffer {
+                fourcc,
+                sizes: size_offers(dev, fourcc),
+            })
+        })
+        .collect()
+}
+
+/// The frame sizes a device offers for a format (`VIDIOC_ENUM_FRAMESIZES`; empty if it cannot say).
+pub fn size_offers(dev: &Device, fourcc: [u8; 4]) -> Vec<SizeOffer> {
+    dev.enum_framesizes(FourCC::new(&fourcc))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| match s.size {
+            v4l::framesize::FrameSizeEnum::Discrete(d) => SizeOffer::Discrete {
+                width: d.width,
+                height: d.height,
+            },
+            v4l::framesize::FrameSizeEnum::Stepwise(s) => SizeOffer::Stepwise {
+                min_width: s.min_width,
+                max_width: s.max_width,
+                step_width: s.step_width,
+                min_height: s.min_height,
+                max_height: s.max_height,
+                step_height: s.step_height,
+            },
         })
         .collect()
 }
