@@ -566,6 +566,22 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
     }
 }
 
+/// True when stderr is connected to the journal: systemd sets JOURNAL_STREAM to "<device>:<inode>" of the
+/// stream it gave us (a redirected stderr under systemd does not match and gets the normal format).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = cli
@@ -573,10 +589,23 @@ fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "warn,kestrel=info".into());
-    env_logger::Builder::new()
-        .parse_filters(&filter)
-        .format_timestamp_millis()
-        .init();
+    let mut logger = env_logger::Builder::new();
+    logger.parse_filters(&filter);
+    if stderr_is_journal() {
+        // journald stamps and ranks lines itself: "<priority>" prefixes (sd-daemon(3)), no timestamps.
+        logger.format(|buf, r| {
+            let prio = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{prio}>{}: {}", r.target(), r.args())
+        });
+    } else {
+        logger.format_timestamp_millis();
+    }
+    logger.init();
     match &cli.command {
         Command::Detect(a) => run_detect(cli.ort_lib.as_deref(), a),
         Command::Run(a) => run_daemon(cli.ort_lib.as_deref(), a),

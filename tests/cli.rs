@@ -183,3 +183,38 @@ fn thresholds_are_validated() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("not a number from 0 to 1"), "{stderr}");
 }
+
+/// Under systemd (JOURNAL_STREAM naming our stderr) log lines carry sd-daemon priority prefixes and no
+/// timestamps; ONNX Runtime's own messages come through the same logger. Otherwise: timestamps.
+#[test]
+fn journald_format_when_stderr_is_the_journal_stream() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("journal.txt");
+    let run = |journal: bool| {
+        let f = std::fs::File::create(&log).unwrap();
+        let meta = f.metadata().unwrap();
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_kestrel"));
+        c.current_dir(common::root())
+            .args(["--log", "info", "detect", ".cache/darknet/dog.jpg"])
+            .stdout(std::process::Stdio::null())
+            .stderr(f);
+        // A stream systemd would name, or one that is not ours (stderr redirected under systemd).
+        let v = if journal {
+            format!("{}:{}", meta.dev(), meta.ino())
+        } else {
+            format!("{}:{}", meta.dev(), meta.ino() + 1)
+        };
+        assert!(c.env("JOURNAL_STREAM", v).status().unwrap().success());
+        std::fs::read_to_string(&log).unwrap()
+    };
+    let j = run(true);
+    assert!(
+        j.lines().any(|l| l.starts_with("<6>kestrel::runtime: ONNX Runtime")),
+        "{j}"
+    );
+    assert!(j.lines().any(|l| l.starts_with("<6>ort::")), "ORT's own log lines: {j}");
+    assert!(j.lines().all(|l| l.starts_with('<')), "{j}");
+    let plain = run(false);
+    assert!(plain.lines().all(|l| l.starts_with("[20")), "{plain}");
+}
