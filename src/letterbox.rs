@@ -260,15 +260,7 @@ impl Preprocessor {
                 want,
             });
         }
-        let plane = lb.dst_w as usize * lb.dst_h as usize;
-        if out.len() != 3 * plane {
-            return Err(LetterboxError::TensorSize {
-                width: lb.dst_w,
-                height: lb.dst_h,
-                got: out.len(),
-                want: 3 * plane,
-            });
-        }
+        check_tensor(lb, out.len())?;
         let lut = unit_lut::<T>();
         let nw = lb.new_w as usize;
         self.row.resize(nw * 3, 0);
@@ -280,13 +272,7 @@ impl Preprocessor {
             self.row = row;
             return Ok(());
         }
-        let key = (src_w, src_h, lb.new_w, lb.new_h);
-        if self.plan.as_ref().is_none_or(|p| p.key != key) {
-            self.plan = Some(BilinearPlan::new(src_w, src_h, lb.new_w, lb.new_h));
-        }
-        let Some(plan) = self.plan.as_ref() else {
-            unreachable!("plan built just above")
-        };
+        let plan = plan_for(&mut self.plan, src_w, src_h, lb);
         let stride = src_w as usize * 3;
         self.vrow.resize(stride, 0);
         let (vrow, mut row) = (&mut self.vrow, std::mem::take(&mut self.row));
@@ -326,15 +312,7 @@ impl Preprocessor {
                 height: src_h,
             });
         }
-        let plane = lb.dst_w as usize * lb.dst_h as usize;
-        if out.len() != 3 * plane {
-            return Err(LetterboxError::TensorSize {
-                width: lb.dst_w,
-                height: lb.dst_h,
-                got: out.len(),
-                want: 3 * plane,
-            });
-        }
+        check_tensor(lb, out.len())?;
         let lut = unit_lut::<T>();
         let stride = src_w as usize * 3;
         self.row.resize(lb.new_w as usize * 3, 0);
@@ -344,13 +322,7 @@ impl Preprocessor {
             self.row = out_row;
             return Ok(());
         }
-        let key = (src_w, src_h, lb.new_w, lb.new_h);
-        if self.plan.as_ref().is_none_or(|p| p.key != key) {
-            self.plan = Some(BilinearPlan::new(src_w, src_h, lb.new_w, lb.new_h));
-        }
-        let Some(plan) = self.plan.as_ref() else {
-            unreachable!("plan built just above")
-        };
+        let plan = plan_for(&mut self.plan, src_w, src_h, lb);
         self.vrow.resize(stride, 0);
         for r in &mut self.src_rows {
             r.resize(stride, 0);
@@ -386,6 +358,30 @@ fn cached_row(
     held[i] = Some(want);
     produce(want, &mut rows[i]);
     i
+}
+
+/// The tensor must hold exactly 3 planes of the model input.
+fn check_tensor(lb: &Letterbox, len: usize) -> Result<(), LetterboxError> {
+    let want = 3 * lb.dst_w as usize * lb.dst_h as usize;
+    if len == want {
+        Ok(())
+    } else {
+        Err(LetterboxError::TensorSize {
+            width: lb.dst_w,
+            height: lb.dst_h,
+            got: len,
+            want,
+        })
+    }
+}
+
+/// The cached taps for `src_w`×`src_h` → `lb`'s resized size, rebuilt only when the geometry changes.
+fn plan_for<'a>(cache: &'a mut Option<BilinearPlan>, src_w: u32, src_h: u32, lb: &Letterbox) -> &'a BilinearPlan {
+    let key = (src_w, src_h, lb.new_w, lb.new_h);
+    if cache.as_ref().is_none_or(|p| p.key != key) {
+        *cache = None;
+    }
+    cache.get_or_insert_with(|| BilinearPlan::new(src_w, src_h, lb.new_w, lb.new_h))
 }
 
 /// Lookup table u8 → normalised tensor value.
