@@ -156,7 +156,7 @@ def main(out_dir):
     check(f"by-id link followed the camera to /dev/{node}", node != "video0" and f"(/dev/{node})" in log,
           f"vivid.0 came back as /dev/{node}")
     if moved:
-        recovered(f"moved to /dev/{node}: link -> first frame", marks[moved[0]])
+        recovered(f"moved to /dev/{node}: driver load -> first frame", marks[moved[0]])
     check("SIGTERM during an outage -> exit 0", status.get("faults") == "0")
     t = ms(marks["faults_exited"] - marks["faults_term"])
     check("SIGTERM during an outage: exit within 1 s", t <= 1000, f"{t:.0f} ms")

@@ -118,13 +118,13 @@ mkdir -p /dev/v4l/by-id; ln -sf /dev/video0 $LINK
 $K run --config /kestrel/camera.toml --device $LINK > /out/faults.jsonl 2> /out/faults.log & P=$!
 mark faults_start; sleep 3
 for i in 1 2 3 4 5; do
-  mark "unbind$i"; unplug 0; usleep 1500000
+  unplug 0; mark "unbind$i"; usleep 1500000   # marked once the device is gone
   check "unplug $i: daemon alive during the outage" 'alive $P'
-  replug 0; mark "bind$i"; sleep 2
+  mark "bind$i"; replug 0; sleep 2   # marked before the bind starts: recovery includes the driver's probe
 done
 mark disconnect; v4l2-ctl -d /dev/video0 --set-ctrl=disconnect=1; usleep 1500000
 check "disconnect control: daemon alive" 'alive $P'
-unplug 0; replug 0; mark bind_disconnect; sleep 2
+unplug 0; mark bind_disconnect; replug 0; sleep 2
 mark eio; v4l2-ctl -d /dev/video0 --set-ctrl=inject_fatal_streaming_error=1; sleep 2
 check "fatal streaming error: daemon alive" 'alive $P'
 mark drops_on; v4l2-ctl -d /dev/video0 --set-ctrl=percentage_of_dropped_buffers=50; sleep 2
@@ -133,8 +133,9 @@ mark buf_error; v4l2-ctl -d /dev/video0 --set-ctrl=inject_v4l2_buf_flag_error=1;
 mark stall; v4l2-ctl -d /dev/video0 --set-ctrl=percentage_of_dropped_buffers=100; sleep 3
 v4l2-ctl -d /dev/video0 --set-ctrl=percentage_of_dropped_buffers=0; mark stall_end; sleep 1
 # the camera comes back as another node: unplug, reload the driver with another node number, relink
-unplug 0; usleep 300000; rmmod vivid && modprobe vivid $VIVID_OPTS vid_cap_nr=3; replug 0
-mark "bind_moved_$(node_of_0)"
+unplug 0; usleep 300000; rmmod vivid; t_moved=$(mono)
+modprobe vivid $VIVID_OPTS vid_cap_nr=3; replug 0
+echo "bind_moved_$(node_of_0) $t_moved" >> /out/marks.txt; echo "MARK bind_moved_$(node_of_0) (before modprobe)"
 echo "vivid.0 is now /dev/$(node_of_0); $LINK -> $(readlink $LINK)"; sleep 2
 check "moved: daemon alive" 'alive $P'
 mark outage_for_term; unplug 0; usleep 1500000
