@@ -15,6 +15,13 @@ printf '\n== cargo test (unit + integration)\n' >&2
 cargo test --release --locked
 printf '\n== V4L2 camera tests in a VM (QEMU software emulation, Debian kernel, vivid driver; ~1.5 min)\n' >&2
 HOST_CHECK="python3 $ROOT/tests/vm/check.py" tests/vm/run.sh
+printf '\n== aarch64: cross build (Debian rustc-web), glibc <= 2.35, tests under qemu-aarch64 (~8 min)\n' >&2
+scripts/setup-cross.sh
+scripts/build-aarch64.sh --test
+printf '\n== .deb packages (amd64, arm64): contents; amd64 install, systemd-analyze, purge\n' >&2
+rm -f target/debian/kestrel_*.deb
+scripts/package-deb.sh amd64 arm64
+tests/deb/check.sh
 printf '\n== Python reference tests (OpenCV Darknet importer, independent reference detector, converter)\n' >&2
 PY=$(scripts/python-env.sh)
 cd tests/reference

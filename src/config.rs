@@ -37,6 +37,38 @@ pub struct Config {
     pub publish: crate::publish::PublishConfig,
     /// MAVLink LANDING_TARGET output (off by default).
     pub mavlink: crate::mavlink::MavlinkConfig,
+    /// Running under systemd: readiness, watchdog.
+    pub service: ServiceConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Keep feeding systemd's watchdog while the camera is lost and the source is reconnecting (the source's
+    /// own loop must still be alive). `false` lets the watchdog fire during a camera outage, so systemd
+    /// restarts the process (for drivers that only recover in a fresh process).
+    pub watchdog_in_camera_outage: bool,
+    /// How often the `STATUS=` line sent to systemd is refreshed while running.
+    pub status_interval_ms: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            watchdog_in_camera_outage: true,
+            status_interval_ms: 2000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `RUST_LOG`-style filter, e.g. `"info"` or `"warn,kestrel=debug,ort=info"` (ONNX Runtime's own messages
+    /// have the target `ort`). `--log` and `RUST_LOG` take precedence; default `"warn,kestrel=info"`.
+    pub filter: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -91,6 +123,9 @@ pub struct SourceConfig {
     pub format: SyntheticFormat,
     /// `synthetic`: stop after this many frames (0: never).
     pub frames: u64,
+    /// `synthetic`, for tests: after this many frames deliver nothing more but do not end (0: never) — a hung
+    /// camera, to check that the watchdog fires.
+    pub stall_after_frames: u64,
     /// `v4l2`: the device, by path; a stable `/dev/v4l/by-id/…` or `/dev/v4l/by-path/…` name survives the
     /// camera coming back as another `/dev/videoN`. Used as given (not relative to the config file).
     pub device: PathBuf,
@@ -116,6 +151,7 @@ impl Default for SourceConfig {
             height: 1080,
             format: SyntheticFormat::Jpeg,
             frames: 0,
+            stall_after_frames: 0,
             device: PathBuf::from("/dev/video0"),
             pixel_formats: vec![CameraFormat::Mjpeg, CameraFormat::Yuyv, CameraFormat::Nv12],
             buffers: 4,
@@ -153,7 +189,7 @@ impl Default for ModelConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Path to libonnxruntime.so (default: the search described in the README).
@@ -162,6 +198,20 @@ pub struct RuntimeConfig {
     pub intra_threads: usize,
     /// Let ONNX Runtime's idle threads spin (takes CPU from the preprocessing workers).
     pub spinning: bool,
+    /// Inference runs on a blank input after loading, before the daemon reports ready (the first runs are
+    /// slow: allocation, kernel selection, GPU engine set-up).
+    pub warmup_runs: u32,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            ort_lib: None,
+            intra_threads: 0,
+            spinning: false,
+            warmup_runs: 2,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -385,6 +435,21 @@ impl Config {
                 return bad("intrinsics", reason);
             }
         }
+        if self.runtime.warmup_runs > 100 {
+            return bad(
+                "runtime.warmup_runs",
+                format!("{} is more than 100", self.runtime.warmup_runs),
+            );
+        }
+        if !(100..=60_000).contains(&self.service.status_interval_ms) {
+            return bad(
+                "service.status_interval_ms",
+                format!("{} is not between 100 and 60000", self.service.status_interval_ms),
+            );
+        }
+        if self.log.filter.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            return bad("log.filter", "is empty (leave it out for the default)".into());
+        }
         if self.output.kind == OutputKind::File && self.output.path.is_none() {
             return bad("output.path", "required when output.kind = \"file\"".into());
         }
@@ -468,6 +533,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`source.width`"), "{e}");
+    }
+
+    #[test]
+    fn service_log_and_warm_up_fields_are_validated() {
+        let c = parse("[service]\nwatchdog_in_camera_outage = false\n[log]\nfilter = \"debug\"\n").unwrap();
+        assert!(!c.service.watchdog_in_camera_outage);
+        assert_eq!(c.log.filter.as_deref(), Some("debug"));
+        assert_eq!(c.runtime.warmup_runs, 2);
+        let e = parse("[service]\nstatus_interval_ms = 5\n").unwrap_err().to_string();
+        assert!(e.contains("`service.status_interval_ms`"), "{e}");
+        let e = parse("[log]\nfilter = \" \"\n").unwrap_err().to_string();
+        assert!(e.contains("`log.filter`"), "{e}");
+        let e = parse("[runtime]\nwarmup_runs = 101\n").unwrap_err().to_string();
+        assert!(e.contains("`runtime.warmup_runs`"), "{e}");
+        let e = parse("[service]\nwatchdog_sec = 3\n").unwrap_err().to_string();
+        assert!(e.contains("watchdog_sec"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::model::{Detector, SessionOptions};
 use crate::pipeline::{default_workers, Options, Pipeline};
 use crate::publish::protocol::{Hello, ModelHello};
 use crate::publish::TeeSink;
-use crate::sink::{JsonLinesSink, NullSink, Sink, TextSink};
+use crate::sink::{JsonLinesSink, NullSink, Sink, SinkSwap, SwappableSink, TextSink};
 use crate::{runtime, source};
 
 /// CPU cores available to this process.
@@ -88,28 +88,51 @@ pub struct Daemon {
     pub pipeline: Pipeline,
     /// Dropped after the pipeline: stops the server and removes the socket file.
     pub publisher: Option<crate::publish::Publisher>,
+    /// Applies a reloaded configuration (SIGHUP).
+    pub reload: Reload,
+    /// The source's name (for status lines).
+    pub source_name: String,
 }
 
-/// Load everything the config names and start the pipeline (and the socket server).
-pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> anyhow::Result<Daemon> {
+/// Load everything the config names and start the pipeline (and the socket server). `progress` hears
+/// what start-up is doing (for systemd's `STATUS=`).
+pub fn start(
+    cfg: &Config,
+    cli_ort: Option<&Path>,
+    stop: Arc<AtomicBool>,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Daemon> {
+    progress("loading ONNX Runtime");
     let rt = runtime::init(cli_ort.or(cfg.runtime.ort_lib.as_deref()))?;
     let (workers, intra) = thread_budget(cfg);
     let opts = SessionOptions {
         intra_threads: intra,
         spinning: cfg.runtime.spinning,
     };
-    let detector = Detector::load(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts)?;
-    let info = &detector.info;
+    progress(&format!("loading model {}", cfg.model.path.display()));
+    let mut detector = Detector::load(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts)?;
     log::info!(
-        "model {info}; ONNX Runtime {} (CPU, {intra} threads); {workers} preprocessing workers",
+        "model {}; ONNX Runtime {} (CPU, {intra} threads); {workers} preprocessing workers",
+        detector.info,
         rt.version
     );
+    let runs = cfg.runtime.warmup_runs as usize;
+    if runs > 0 {
+        progress(&format!("warming up the model ({runs} runs)"));
+        let times = detector.warm_up(runs).context("model warm-up failed")?;
+        let ms: Vec<String> = times.iter().map(|t| format!("{:.1}", t.as_secs_f64() * 1e3)).collect();
+        log::info!("warm-up: {runs} runs, {} ms", ms.join(", "));
+    }
+    let info = &detector.info;
     let labels: Arc<[String]> = info.labels.clone().into();
     let pool = source::buffer_pool_size(workers, cfg.pipeline.queue_depth);
+    progress(&format!("opening source {}", source_label(cfg)));
     let src = source::open(&cfg.source, pool)?;
     log::info!("source {}", src.name());
+    let source_name = src.name().to_string();
     let metrics = Arc::new(Metrics::new());
-    let mut sink = open_sink(cfg)?;
+    let (primary, output) = SwappableSink::new(open_sink(cfg)?);
+    let mut sink: Box<dyn Sink> = Box::new(primary);
     if cfg.mavlink.enabled {
         let Some(intrinsics) = cfg.intrinsics.as_ref() else {
             anyhow::bail!("mavlink.enabled needs [intrinsics]");
@@ -160,5 +183,176 @@ pub fn start(cfg: &Config, cli_ort: Option<&Path>, stop: Arc<AtomicBool>) -> any
         stop,
         metrics,
     )?;
-    Ok(Daemon { pipeline, publisher })
+    let reload = Reload {
+        running: cfg.clone(),
+        thresholds: pipeline.thresholds.clone(),
+        output,
+    };
+    Ok(Daemon {
+        pipeline,
+        publisher,
+        reload,
+        source_name,
+    })
+}
+
+fn source_label(cfg: &Config) -> String {
+    use crate::config::SourceKind;
+    match cfg.source.kind {
+        SourceKind::V4l2 => format!("camera {}", cfg.source.device.display()),
+        SourceKind::Synthetic => "synthetic".into(),
+        SourceKind::Images | SourceKind::Mjpeg => cfg.source.path.display().to_string(),
+    }
+}
+
+/// What a reload (SIGHUP) may change in a running daemon: the detection thresholds (`model.conf`,
+/// `model.iou`, `model.max_detections`) and the output (`[output]`; a file output is reopened on every
+/// reload, for log rotation). Everything else is only read at start: a change there is logged as needing a
+/// restart and the running value is kept.
+pub struct Reload {
+    running: Config,
+    thresholds: Arc<crate::pipeline::LiveThresholds>,
+    output: SinkSwap,
+}
+
+impl Reload {
+    /// Apply `new` (loaded and validated). All or nothing: if the new output cannot be opened, nothing
+    /// changes. Returns one line per change (empty: nothing to do).
+    pub fn apply(&mut self, new: Config) -> anyhow::Result<Vec<String>> {
+        let old = &self.running;
+        let mut changes = Vec::new();
+        if new.output != old.output || new.output.kind == OutputKind::File {
+            let sink = open_sink(&new).context("output")?;
+            self.output.replace(sink);
+            if new.output == old.output {
+                changes.push("output file reopened".to_string());
+            } else {
+                changes.push(format!("output {} -> {}", describe_output(old), describe_output(&new)));
+            }
+        }
+        let fields: [(&str, String, String); 3] = [
+            ("model.conf", old.model.conf.to_string(), new.model.conf.to_string()),
+            ("model.iou", old.model.iou.to_string(), new.model.iou.to_string()),
+            (
+                "model.max_detections",
+                old.model.max_detections.to_string(),
+                new.model.max_detections.to_string(),
+            ),
+        ];
+        for (name, a, b) in fields {
+            if a != b {
+                changes.push(format!("{name} {a} -> {b}"));
+            }
+        }
+        self.thresholds.set(Thresholds {
+            conf: new.model.conf,
+            iou: new.model.iou,
+            max_detections: new.model.max_detections,
+        });
+        let mut kept = new.clone();
+        kept.model.conf = old.model.conf;
+        kept.model.iou = old.model.iou;
+        kept.model.max_detections = old.model.max_detections;
+        kept.output = old.output.clone();
+        for section in restart_only_changes(old, &kept) {
+            log::warn!("reload: {section} changed: takes effect after a restart (running with the old value)");
+        }
+        // Remember what runs: the reloadable fields from `new`, the rest as started.
+        let mut running = old.clone();
+        running.model.conf = new.model.conf;
+        running.model.iou = new.model.iou;
+        running.model.max_detections = new.model.max_detections;
+        running.output = new.output;
+        self.running = running;
+        Ok(changes)
+    }
+}
+
+fn describe_output(cfg: &Config) -> String {
+    let format = match cfg.output.format {
+        OutputFormat::Json => "json",
+        OutputFormat::Text => "text",
+    };
+    match (cfg.output.kind, &cfg.output.path) {
+        (OutputKind::File, Some(p)) => format!("file {} ({format})", p.display()),
+        (OutputKind::Stdout, _) => format!("stdout ({format})"),
+        (OutputKind::None, _) => "none".into(),
+        (OutputKind::File, None) => "file (no path)".into(),
+    }
+}
+
+/// The parts of `a` and `b` that differ, by section (fields of `[model]` named one by one).
+fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |name: &'static str, same: bool| {
+        if !same {
+            out.push(name);
+        }
+    };
+    check("[source]", a.source == b.source);
+    check("model.path", a.model.path == b.model.path);
+    check("model.labels", a.model.labels == b.model.labels);
+    check("[runtime]", a.runtime == b.runtime);
+    check("[pipeline]", a.pipeline == b.pipeline);
+    check("[metrics]", a.metrics == b.metrics);
+    check("[intrinsics]", a.intrinsics == b.intrinsics);
+    check("[publish]", a.publish == b.publish);
+    check("[mavlink]", a.mavlink == b.mavlink);
+    check("[service]", a.service == b.service);
+    check("[log]", a.log == b.log);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::LiveThresholds;
+
+    fn reload_for(cfg: &Config) -> (Reload, Arc<LiveThresholds>) {
+        let live = Arc::new(LiveThresholds::new(pipeline_options(cfg, 1).thresholds));
+        let (_sink, output) = SwappableSink::new(Box::new(NullSink));
+        (
+            Reload {
+                running: cfg.clone(),
+                thresholds: live.clone(),
+                output,
+            },
+            live,
+        )
+    }
+
+    #[test]
+    fn reload_applies_thresholds_and_reports_restart_only_changes() {
+        let mut cfg = Config::default();
+        cfg.output.kind = OutputKind::None;
+        let (mut reload, live) = reload_for(&cfg);
+        let mut new = cfg.clone();
+        new.model.conf = 0.6;
+        new.model.max_detections = 10;
+        new.pipeline.workers = 3; // restart only: kept
+        let changes = reload.apply(new).unwrap();
+        assert_eq!(changes, ["model.conf 0.25 -> 0.6", "model.max_detections 300 -> 10"]);
+        assert_eq!((live.get().conf, live.get().max_detections), (0.6, 10));
+        assert_eq!(reload.running.pipeline.workers, cfg.pipeline.workers);
+        assert_eq!(restart_only_changes(&cfg, &reload.running), Vec::<&str>::new());
+        let mut other = cfg.clone();
+        other.source.fps_hz = 5.0;
+        other.mavlink.heartbeat_hz = 2.0;
+        assert_eq!(restart_only_changes(&cfg, &other), ["[source]", "[mavlink]"]);
+    }
+
+    #[test]
+    fn a_reload_whose_output_cannot_be_opened_changes_nothing() {
+        let mut cfg = Config::default();
+        cfg.output.kind = OutputKind::None;
+        let (mut reload, live) = reload_for(&cfg);
+        let mut new = cfg.clone();
+        new.model.conf = 0.9;
+        new.output.kind = OutputKind::File;
+        new.output.path = Some("/nonexistent-dir/out.jsonl".into());
+        let e = reload.apply(new).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent-dir/out.jsonl"), "{e:#}");
+        assert_eq!(live.get().conf, 0.25);
+        assert_eq!(reload.running.output.kind, OutputKind::None);
+    }
 }

@@ -117,10 +117,7 @@ impl ImageDetector {
 
     /// Run the model `n` times on a blank input so that later timings are steady-state.
     pub fn warm_up(&mut self, n: usize) -> Result<(), ModelError> {
-        for _ in 0..n {
-            self.detector.infer(&self.input, 1.0, &mut self.candidates)?;
-        }
-        Ok(())
+        self.detector.warm_up(n).map(drop)
     }
 
     /// Letterbox `data` (per `format`) into the input tensor, infer, and finish the detections.

@@ -42,6 +42,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod preprocess;
 pub mod publish;
+pub mod service;
 pub mod sink;
 pub mod source;
 pub mod yuv;

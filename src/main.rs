@@ -272,7 +272,7 @@ struct RunArgs {
     #[arg(long, value_parser = unit_interval)]
     conf: Option<f32>,
     /// Override output.format.
-    #[arg(long, value_name = "json|text")]
+    #[arg(long, value_parser = ["json", "text"])]
     format: Option<String>,
     /// Stop after this many published frames.
     #[arg(long, value_name = "N")]
@@ -468,12 +468,10 @@ fn run_check_config(a: &ConfigArgs) -> ExitCode {
     }
 }
 
-fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
+/// The run configuration: the file, then the command-line overrides (which also win on every reload).
+fn run_config(a: &RunArgs) -> Result<kestrel::config::Config, kestrel::config::ConfigError> {
     use kestrel::config::{OutputFormat, SourceKind};
-    let mut cfg = match load_config(&a.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let mut cfg = kestrel::config::Config::load(&a.config.config)?;
     if let Some(p) = &a.source {
         cfg.source.kind = if p
             .extension()
@@ -506,35 +504,54 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
         cfg.model.conf = c;
     }
     match a.format.as_deref() {
-        None => {}
-        Some("json") => cfg.output.format = OutputFormat::Json,
         Some("text") => cfg.output.format = OutputFormat::Text,
-        Some(other) => {
-            report!("kestrel: error: --format {other}: expected json or text");
-            return ExitCode::from(2);
+        Some(_) => cfg.output.format = OutputFormat::Json,
+        None => {}
+    }
+    cfg.validate(&a.config.config)?;
+    Ok(cfg)
+}
+
+fn run_daemon(cli: &Cli, a: &RunArgs) -> ExitCode {
+    let cli_ort = cli.ort_lib.as_deref();
+    let cfg = match run_config(a) {
+        Ok(c) => c,
+        Err(e) => {
+            init_logging(cli.log.as_deref(), None);
+            report!("kestrel: error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
-    }
-    if let Err(e) = cfg.validate(&a.config.config) {
-        report!("kestrel: error: {e} (after command-line overrides)");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    };
+    init_logging(cli.log.as_deref(), cfg.log.filter.as_deref());
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+    let reload_requested = Arc::new(AtomicBool::new(false));
+    let handlers = [
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGINT, &stop),
+        (signal_hook::consts::SIGHUP, &reload_requested),
+    ];
+    for (sig, flag) in handlers {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
             report!("kestrel: error: cannot install signal handler: {e}");
             return ExitCode::from(EXIT_SETUP);
         }
     }
-    let kestrel::daemon::Daemon {
-        pipeline: started,
-        publisher,
-    } = match kestrel::daemon::start(&cfg, cli_ort, stop.clone()) {
+    let mut notifier = kestrel::service::Notifier::from_env(&cfg.service);
+    let daemon = match kestrel::daemon::start(&cfg, cli_ort, stop.clone(), &mut |s| notifier.status(s)) {
         Ok(d) => d,
         Err(e) => {
             report!("kestrel: error: {e:#}");
+            notifier.status(&format!("failed: {e:#}"));
             return ExitCode::from(EXIT_SETUP);
         }
     };
+    let kestrel::daemon::Daemon {
+        pipeline: started,
+        publisher,
+        mut reload,
+        source_name,
+    } = daemon;
+    notifier.set_source_name(&source_name);
     if let Some(n) = a.max_frames {
         let (m, stop) = (started.metrics.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -547,7 +564,23 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
     let every =
         (cfg.metrics.log_interval_ms > 0).then(|| std::time::Duration::from_millis(cfg.metrics.log_interval_ms));
     let metrics = started.metrics.clone();
-    let result = started.wait(every);
+    let mut stopping = false;
+    let result = started.wait_with(every, &mut || {
+        if stop.load(Ordering::Relaxed) {
+            if !stopping {
+                stopping = true;
+                notifier.stopping("stopping");
+            }
+            return;
+        }
+        if reload_requested.swap(false, Ordering::SeqCst) {
+            reload_config(a, &mut reload, &mut notifier);
+        }
+        notifier.tick(&metrics);
+    });
+    if !stopping {
+        notifier.stopping("stopping: the pipeline ended");
+    }
     drop(publisher); // after the pipeline: subscribers see every published frame; removes the socket
     match result {
         Ok(s) => {
@@ -566,6 +599,33 @@ fn run_daemon(cli_ort: Option<&Path>, a: &RunArgs) -> ExitCode {
     }
 }
 
+/// SIGHUP: read the file again; apply the thresholds and output settings, or reject the file and keep
+/// running as before. Never fatal.
+fn reload_config(a: &RunArgs, reload: &mut kestrel::daemon::Reload, notifier: &mut kestrel::service::Notifier) {
+    notifier.reloading();
+    let outcome = run_config(a)
+        .map_err(anyhow::Error::from)
+        .and_then(|new| reload.apply(new));
+    let text = match outcome {
+        Ok(changes) if changes.is_empty() => {
+            log::info!(
+                "reload of {}: nothing that can change at run time changed",
+                a.config.config.display()
+            );
+            "running; reloaded (no change)".to_string()
+        }
+        Ok(changes) => {
+            log::info!("reload of {}: {}", a.config.config.display(), changes.join("; "));
+            format!("running; reloaded: {}", changes.join("; "))
+        }
+        Err(e) => {
+            log::error!("reload rejected, keeping the running configuration: {e:#}");
+            "running; last reload rejected (see the log)".to_string()
+        }
+    };
+    notifier.reloaded(&text);
+}
+
 /// True when stderr is connected to the journal: systemd sets JOURNAL_STREAM to "<device>:<inode>" of the
 /// stream it gave us (a redirected stderr under systemd does not match and gets the normal format).
 fn stderr_is_journal() -> bool {
@@ -582,12 +642,13 @@ fn stderr_is_journal() -> bool {
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let filter = cli
-        .log
-        .clone()
-        .or_else(|| std::env::var("RUST_LOG").ok())
+/// Set up the logger: `--log`, else `RUST_LOG`, else the config's `log.filter`, else `warn,kestrel=info`.
+/// Under systemd (stderr is the journal) lines carry `<priority>` prefixes and no timestamps.
+fn init_logging(cli_filter: Option<&str>, config_filter: Option<&str>) {
+    let filter = cli_filter
+        .map(str::to_string)
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+        .or_else(|| config_filter.map(str::to_string))
         .unwrap_or_else(|| "warn,kestrel=info".into());
     let mut logger = env_logger::Builder::new();
     logger.parse_filters(&filter);
@@ -600,15 +661,27 @@ fn main() -> ExitCode {
                 log::Level::Info => 6,
                 log::Level::Debug | log::Level::Trace => 7,
             };
-            writeln!(buf, "<{prio}>{}: {}", r.target(), r.args())
+            // One journal entry per line: every line of a multi-line message keeps the priority.
+            let text = r.args().to_string();
+            for line in text.lines() {
+                writeln!(buf, "<{prio}>{}: {line}", r.target())?;
+            }
+            Ok(())
         });
     } else {
         logger.format_timestamp_millis();
     }
-    logger.init();
+    let _ = logger.try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging(cli.log.as_deref(), None);
+    }
     match &cli.command {
         Command::Detect(a) => run_detect(cli.ort_lib.as_deref(), a),
-        Command::Run(a) => run_daemon(cli.ort_lib.as_deref(), a),
+        Command::Run(a) => run_daemon(&cli, a),
         Command::CheckConfig(a) => run_check_config(a),
         Command::Bench(a) => kestrel::bench::run(cli.ort_lib.as_deref(), a),
         Command::Devices(a) => run_devices(a),

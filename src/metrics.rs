@@ -206,6 +206,11 @@ impl Metrics {
         let _ = self.source.set(status);
     }
 
+    /// The attached source's live status (a camera), if any.
+    pub fn source_status(&self) -> Option<&Arc<SourceStatus>> {
+        self.source.get()
+    }
+
     /// The attached source's health now.
     pub fn source(&self) -> Option<SourceSnapshot> {
         self.source.get().map(|s| s.snapshot())

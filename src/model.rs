@@ -371,6 +371,20 @@ impl Detector {
         Ok(times)
     }
 
+    /// Run the model `n` times on a blank input (the first runs allocate and pick kernels; a GPU execution
+    /// provider builds its engine): later runs take their steady-state time. Returns each run's time.
+    pub fn warm_up(&mut self, n: usize) -> Result<Vec<std::time::Duration>, ModelError> {
+        let input = InputTensor::for_model(&self.info);
+        let mut candidates = Vec::new();
+        (0..n)
+            .map(|_| {
+                let t0 = Instant::now();
+                self.infer(&input, 1.0, &mut candidates)?;
+                Ok(t0.elapsed())
+            })
+            .collect()
+    }
+
     /// Raw first output, converted to f32 (for tests and tools; allocates).
     pub fn raw_output(&mut self, input: &InputTensor) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
         self.with_output(input, |shape, out| Ok((shape.to_vec(), out.to_f32_vec())))

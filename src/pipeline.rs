@@ -16,7 +16,7 @@
 //! - Frame buffers, tensors and detection vectors are pooled: nothing is allocated per frame in steady state.
 //! - Every blocking call has a timeout of `poll`, so a stop is seen within one poll interval by every thread.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -230,11 +230,46 @@ impl RateLimitedLog {
     }
 }
 
+/// Thresholds the running pipeline reads for every frame; a configuration reload stores new ones (no lock:
+/// each value is one atomic, and a frame that sees a mix of old and new values is harmless).
+#[derive(Debug)]
+pub struct LiveThresholds {
+    conf: AtomicU32,
+    iou: AtomicU32,
+    max_detections: AtomicUsize,
+}
+
+impl LiveThresholds {
+    pub fn new(t: Thresholds) -> Self {
+        Self {
+            conf: AtomicU32::new(t.conf.to_bits()),
+            iou: AtomicU32::new(t.iou.to_bits()),
+            max_detections: AtomicUsize::new(t.max_detections),
+        }
+    }
+
+    pub fn get(&self) -> Thresholds {
+        Thresholds {
+            conf: f32::from_bits(self.conf.load(Relaxed)),
+            iou: f32::from_bits(self.iou.load(Relaxed)),
+            max_detections: self.max_detections.load(Relaxed),
+        }
+    }
+
+    pub fn set(&self, t: Thresholds) {
+        self.conf.store(t.conf.to_bits(), Relaxed);
+        self.iou.store(t.iou.to_bits(), Relaxed);
+        self.max_detections.store(t.max_detections, Relaxed);
+    }
+}
+
 /// A running pipeline.
 pub struct Pipeline {
     stop: Arc<AtomicBool>,
     threads: Vec<(String, JoinHandle<Result<(), PipelineError>>)>,
     pub metrics: Arc<Metrics>,
+    /// What the inference and postprocess stages use now (see [`LiveThresholds`]).
+    pub thresholds: Arc<LiveThresholds>,
 }
 
 /// How a pipeline run ended.
@@ -284,10 +319,12 @@ impl Pipeline {
         let (inferred_tx, inferred_rx) = bounded::<Inferred>(4);
         let (finished_tx, finished_rx) = bounded::<Finished>(4);
 
+        let live = Arc::new(LiveThresholds::new(opts.thresholds));
         let mut p = Self {
             stop: stop.clone(),
             threads: Vec::new(),
             metrics: metrics.clone(),
+            thresholds: live.clone(),
         };
         let stopped = {
             let stop = stop.clone();
@@ -389,7 +426,7 @@ impl Pipeline {
         // inference
         {
             let (m, rx, tx, pace, stopped) = (metrics.clone(), prepared_rx, inferred_tx, pace.clone(), stopped.clone());
-            let conf = opts.thresholds.conf;
+            let live = live.clone();
             p.spawn("inference", move || {
                 let mut last_seq = 0u64;
                 while let Some(mut item) = recv_or_stop(&rx, poll, &stopped) {
@@ -413,7 +450,7 @@ impl Pipeline {
                     };
                     pace.infer_started_ns.store(monotonic_ns(), SeqCst);
                     let t0 = Instant::now();
-                    let times = inference.infer(&item.tensor, conf, &mut candidates);
+                    let times = inference.infer(&item.tensor, live.get().conf, &mut candidates);
                     pace.infer_started_ns.store(0, SeqCst);
                     let times = times?;
                     ewma(&pace.infer_ewma_ns, t0.elapsed());
@@ -451,7 +488,6 @@ impl Pipeline {
         // postprocess
         {
             let (m, rx, tx, stopped) = (metrics.clone(), inferred_rx, finished_tx, stopped.clone());
-            let th = opts.thresholds;
             p.spawn("postprocess", move || loop {
                 let Some(mut item) = recv_or_stop(&rx, poll, &stopped) else {
                     return Ok(());
@@ -460,6 +496,7 @@ impl Pipeline {
                     continue;
                 };
                 let t0 = Instant::now();
+                let th = live.get();
                 nms_into(&mut item.candidates, th.iou, th.max_detections, &mut dets);
                 for d in dets.iter_mut() {
                     d.bbox = item.lb.image_box_from_model(d.bbox);
@@ -561,7 +598,13 @@ impl Pipeline {
 
     /// Run until the source ends and everything drains, a stage fails, or `stop` is set; log a metrics
     /// summary every `log_every` meanwhile; join every thread. The first stage error is returned.
-    pub fn wait(mut self, log_every: Option<Duration>) -> Result<Summary, PipelineError> {
+    pub fn wait(self, log_every: Option<Duration>) -> Result<Summary, PipelineError> {
+        self.wait_with(log_every, &mut || {})
+    }
+
+    /// [`Self::wait`], calling `tick` about every 10 ms meanwhile (signals, service notifications); the
+    /// pipeline is already stopping when `tick` sets the stop flag.
+    pub fn wait_with(mut self, log_every: Option<Duration>, tick: &mut dyn FnMut()) -> Result<Summary, PipelineError> {
         let started = Instant::now();
         let mut next_log = log_every.map(|d| started + d);
         let poll = Duration::from_millis(10);
@@ -576,8 +619,10 @@ impl Pipeline {
                     next_log = Some(at + every);
                 }
             }
+            tick();
             std::thread::sleep(poll);
         }
+        tick(); // once more: it sees the stop before the stages are joined
         let stopped = self.stop.load(Relaxed);
         self.stop.store(true, SeqCst);
         let mut first_err = None;

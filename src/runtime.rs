@@ -3,7 +3,8 @@
 //! Search order (the first library that loads wins):
 //! 1. `--ort-lib PATH` (binding: if it fails, nothing else is tried);
 //! 2. `ORT_DYLIB_PATH` (binding likewise);
-//! 3. beside the executable (`<exe dir>/libonnxruntime.so*`, `<exe dir>/lib/…`, `<exe dir>/../lib/…`);
+//! 3. beside the executable (`<exe dir>/libonnxruntime.so*`, `<exe dir>/lib/…`, `<exe dir>/../lib/…`,
+//!    `<exe dir>/../lib/kestrel/…`: the .deb's copy);
 //! 4. the project-local cache written by `scripts/fetch-onnxruntime.sh`:
 //!    `.cache/onnxruntime/<version>/<arch>/` under the working directory or any ancestor of the executable;
 //! 5. an installed Python `onnxruntime` / `onnxruntime-gpu` package (`onnxruntime/capi/libonnxruntime.so*`
@@ -120,7 +121,13 @@ pub fn search_candidates(
     let mut out = Vec::new();
     let exe_dir = exe.and_then(Path::parent);
     if let Some(d) = exe_dir {
-        for dir in [d.to_path_buf(), d.join("lib"), d.join("..").join("lib")] {
+        // `../lib/kestrel`: where the .deb installs its CPU build (/usr/bin/kestrel -> /usr/lib/kestrel).
+        for dir in [
+            d.to_path_buf(),
+            d.join("lib"),
+            d.join("..").join("lib"),
+            d.join("..").join("lib").join("kestrel"),
+        ] {
             push_dir(&mut out, Origin::BesideExecutable, &dir);
         }
     }

@@ -218,3 +218,43 @@ fn journald_format_when_stderr_is_the_journal_stream() {
     let plain = run(false);
     assert!(plain.lines().all(|l| l.starts_with("[20")), "{plain}");
 }
+
+/// systemd's `MemoryDenyWriteExecute=yes` (kestrel.service) is `prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)`
+/// on Linux >= 6.3 with systemd >= 253 (a seccomp filter with the same effect before). A wrapper sets it,
+/// proves it is enforced (a writable+executable mapping is refused), then execs `kestrel detect`: ONNX
+/// Runtime's CPU provider must still detect the person.
+#[test]
+fn detection_works_with_write_xor_execute_enforced_like_memory_deny_write_execute() {
+    let wrapper = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_MDWE, PR_GET_MDWE, REFUSE_EXEC_GAIN = 65, 66, 1
+if libc.prctl(PR_SET_MDWE, REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+    sys.exit("PR_SET_MDWE failed (errno %d): this test needs Linux >= 6.3" % ctypes.get_errno())
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+rwx = libc.mmap(None, 4096, 7, 0x22, -1, 0)  # PROT_READ|WRITE|EXEC, MAP_PRIVATE|MAP_ANONYMOUS
+if rwx not in (None, ctypes.c_void_p(-1).value):
+    sys.exit("a writable+executable mapping was allowed: W^X is not enforced")
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+    let out = Command::new("python3")
+        .current_dir(common::root())
+        .env_remove("ORT_DYLIB_PATH")
+        .env("RUST_LOG", "warn")
+        .args(["-c", wrapper, env!("CARGO_BIN_EXE_kestrel"), "detect"])
+        .arg(common::photo("person.jpg"))
+        .output()
+        .expect("python3");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_no_panic(&stderr);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let labels: Vec<&str> = v["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels.first(), Some(&"person"), "{stdout}");
+}

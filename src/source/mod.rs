@@ -69,6 +69,9 @@ pub struct SourceStatus {
     pub restarts: AtomicU64,
     /// Duration of the last completed outage, ms (0: none yet).
     pub last_outage_ms: AtomicU64,
+    /// CLOCK_MONOTONIC ns when the source's own loop last ran (streaming or reconnecting): proof that a
+    /// camera outage is being handled, not hung.
+    heartbeat_ns: AtomicU64,
 }
 
 impl Default for SourceStatus {
@@ -82,6 +85,7 @@ impl Default for SourceStatus {
             dequeue_timeouts: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             last_outage_ms: AtomicU64::new(0),
+            heartbeat_ns: AtomicU64::new(crate::frame::monotonic_ns()),
         }
     }
 }
@@ -113,6 +117,16 @@ impl SourceStatus {
         if self.state.swap(s as u8, Relaxed) != s as u8 {
             self.since_ns.store(crate::frame::monotonic_ns(), Relaxed);
         }
+    }
+
+    /// The source's loop is alive (call on every pass).
+    pub fn beat(&self) {
+        self.heartbeat_ns.store(crate::frame::monotonic_ns(), Relaxed);
+    }
+
+    /// Seconds since [`Self::beat`] last ran.
+    pub fn heartbeat_age_s(&self) -> f64 {
+        crate::frame::monotonic_ns().saturating_sub(self.heartbeat_ns.load(Relaxed)) as f64 * 1e-9
     }
 
     pub fn snapshot(&self) -> SourceSnapshot {

@@ -20,6 +20,7 @@ pub struct SyntheticSource {
     /// RGB drawing surface for the YUV formats (reused).
     scratch: Vec<u8>,
     limit: u64,
+    stall_after: u64,
     seq: u64,
     pacer: Pacer,
     pool: Pool<Vec<u8>>,
@@ -117,6 +118,7 @@ impl SyntheticSource {
             jpegs,
             scratch: Vec::new(),
             limit: cfg.frames,
+            stall_after: cfg.stall_after_frames,
             seq: 0,
             pacer: Pacer::new(cfg.fps_hz),
             pool: Pool::new(pool_size, || Vec::with_capacity(frame_bytes)),
@@ -135,6 +137,20 @@ impl super::Source for SyntheticSource {
 
     fn next_frame(&mut self, stop: &dyn Fn() -> bool) -> Result<Option<Frame>, SourceError> {
         if self.limit > 0 && self.seq >= self.limit {
+            return Ok(None);
+        }
+        if self.stall_after > 0 && self.seq >= self.stall_after {
+            // A hung camera: nothing more, but no end either (returns only when stopped).
+            if self.seq == self.stall_after {
+                log::warn!(
+                    "synthetic source: stalling after {} frames (stall_after_frames)",
+                    self.seq
+                );
+                self.seq += 1; // log once; `seq` is not used for frames any more
+            }
+            while !stop() {
+                std::thread::sleep(super::POLL);
+            }
             return Ok(None);
         }
         if !self.pacer.wait(stop) {

@@ -521,6 +521,7 @@ impl Source for V4l2Source {
             if stop() {
                 return Ok(None);
             }
+            self.status.beat();
             // A buffer to copy into, taken before dequeueing so the driver's buffer is never held waiting.
             let mut buf = match self.spare.take() {
                 Some(b) => b,
