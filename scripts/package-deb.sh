@@ -20,10 +20,12 @@ for arch in "$@"; do
   [ -x "$dir/kestrel" ] || { echo "$dir/kestrel is not built" >&2; exit 1; }
   [ -s models/yolov3-tiny-416.onnx ] || { echo "models/yolov3-tiny-416.onnx missing: scripts/make-models.sh" >&2; exit 1; }
   scripts/fetch-onnxruntime.sh --arch $ortarch
-  cp ".cache/onnxruntime/$ORT_VERSION/$ortarch/libonnxruntime.so.$ORT_VERSION" "$dir/"
+  # Staged outside target/*/release so that it is not found "beside the executable" by local runs.
+  stage=target/deb-assets; rm -rf "$stage"; mkdir -p "$stage"
+  cp ".cache/onnxruntime/$ORT_VERSION/$ortarch/libonnxruntime.so.$ORT_VERSION" "$stage/"
   # ONNX Runtime's licence and third-party notices, from the same (sha256-checked) wheel.
   wheel=$(ls .cache/downloads/onnxruntime-$ORT_VERSION-*_$ortarch.whl)
-  python3 - "$wheel" "$dir/ThirdPartyNotices-onnxruntime.txt" <<'PY'
+  python3 - "$wheel" "$stage/ThirdPartyNotices-onnxruntime.txt" <<'PY'
 import sys, zipfile
 wheel, out = sys.argv[1:]
 with zipfile.ZipFile(wheel) as z, open(out, "wb") as f:

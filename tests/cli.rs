@@ -258,3 +258,28 @@ os.execv(sys.argv[1], sys.argv[1:])
         .collect();
     assert_eq!(labels.first(), Some(&"person"), "{stdout}");
 }
+
+/// ONNX Runtime's own log messages reach our logger (target `ort`), so `--log`/`RUST_LOG`/`[log] filter`
+/// and the journald format apply to them too.
+#[test]
+fn onnx_runtime_messages_reach_the_logger() {
+    let out = kestrel()
+        .args(["--log", "warn,ort=info", "detect"])
+        .arg(common::photo("person.jpg"))
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("INFO  ort::logging]") && l.contains("Session Options")),
+        "no ONNX Runtime message:\n{stderr}"
+    );
+    let quiet = kestrel()
+        .args(["--log", "warn", "detect"])
+        .arg(common::photo("person.jpg"))
+        .output()
+        .unwrap();
+    assert!(!text(&quiet).1.contains("ort::logging] Session Options"));
+}

@@ -278,7 +278,15 @@ fn bind(cfg: &PublishConfig) -> Result<(UnixListener, (u64, u64)), PublishError>
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660)).map_err(|e| cleanup(e.to_string()))?;
     if !cfg.group.is_empty() {
         let gid = group_id(&cfg.group).ok_or_else(|| cleanup(format!("unknown group {:?}", cfg.group)))?;
-        std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(|e| cleanup(format!("chown to {}: {e}", cfg.group)))?;
+        let current = std::fs::symlink_metadata(&tmp)
+            .map_err(|e| cleanup(e.to_string()))?
+            .gid();
+        // Already ours (the usual case under systemd, where the service's own group is the socket group): no
+        // chown, which the unit's system-call filter (`~@privileged` includes `@chown`) would refuse.
+        if current != gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))
+                .map_err(|e| cleanup(format!("chown to {}: {e}", cfg.group)))?;
+        }
     }
     std::fs::rename(&tmp, path).map_err(|e| cleanup(format!("rename into place: {e}")))?;
     let m = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Check the .deb packages (scripts/package-deb.sh): contents and metadata of every package in target/debian
 # (dpkg-deb -c / -I), then install the amd64 one on this machine (as root), check what the install did
-# (user, unit, config, bundled ONNX Runtime + model detecting a person), score the installed unit with
+# (user, unit, config, bundled ONNX Runtime + model detecting a person), run the daemon under the unit's
+# sandbox settings that work without systemd as PID 1 (tests/deb/sandbox.py), score the installed unit with
 # systemd-analyze (verify clean; security exposure <= 2.5), purge it, and check that nothing is left.
 # Installs and purges a system package (root or sudo): CI runs it on a throw-away machine; it refuses to run
 # if kestrel is already installed.
@@ -66,6 +67,11 @@ out=$(cd / && $SUDO env -u ORT_DYLIB_PATH runuser -u kestrel -- /usr/bin/kestrel
 echo "$out" | grep -q '"label":"person"' || fail "installed kestrel found no person: $out"
 echo "   ok: installed kestrel (as user kestrel, bundled ONNX Runtime) detects the person" >&2
 rm -f /tmp/kestrel-deb-person.jpg
+
+step "the installed daemon in the unit's sandbox (user, groups, no_new_privs, W^X, its system-call filter)"
+dpkg -s python3-seccomp >/dev/null 2>&1 ||
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-seccomp >&2
+$SUDO /usr/bin/python3 tests/deb/sandbox.py
 
 step "systemd-analyze verify $unit"
 verify=$(systemd-analyze verify "$unit" 2>&1) || fail "verify: $verify"
