@@ -34,7 +34,7 @@ with zipfile.ZipFile(wheel) as z, open(out, "wb") as f:
     f.write(b"\n\n")
     f.write(z.read("onnxruntime/ThirdPartyNotices.txt"))
 PY
-  # cargo-deb strips the packaged copy (the release profile's line tables stay in target/ for debugging).
-  cargo deb --no-build "${target[@]}" --output target/debian/ >&2
+  # --strip: the packaged binary without debug info (the release profile keeps line tables in target/).
+  cargo deb --no-build --strip "${target[@]}" --output target/debian/ >&2
 done
 ls -l target/debian/*.deb

@@ -38,6 +38,7 @@ for deb in "${debs[@]}"; do
   for b in usr/bin/kestrel usr/lib/kestrel/libonnxruntime.so.1.31.1; do
     file -b "$x/$b" | grep -q "$want" || fail "$deb: $b is not $want: $(file -b "$x/$b")"
   done
+  file -b "$x/usr/bin/kestrel" | grep -q 'not stripped' && fail "$deb: the binary is not stripped"
   rm -rf "$x" "target/debian/ctl-$arch"
   echo "   ok: $arch package contents" >&2
 done
