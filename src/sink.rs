@@ -92,7 +92,7 @@ impl SinkSwap {
 
 impl Sink for SwappableSink {
     fn publish(&mut self, frame: &Published<'_>) -> Result<(), SinkError> {
-        if self.pending.0.swap(false, Ordering::Acquire) {
+        if self.pending.0.load(Ordering::Relaxed) && self.pending.0.swap(false, Ordering::Acquire) {
             if let Some(next) = self.pending.1.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 self.current = next;
             }
