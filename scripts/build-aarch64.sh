@@ -61,10 +61,11 @@ if [ $test = 1 ]; then
   # run in-process, including the ONNX Runtime ones (aarch64 build of ONNX Runtime, fixture models, YOLOv3-tiny
   # on the photos: same detections as on x86-64). Not here: tests that start the kestrel binary as a child
   # process (cli, daemon, publish, service: an aarch64 child cannot be exec'd without binfmt_misc) and
-  # tests/mavlink.rs (latency bounds that emulation cannot meet); tests/alloc.rs passes under qemu too but
+  # tests/mavlink.rs and tests/pipeline.rs (latency and freshness bounds that emulation does not meet reliably:
+  # pipeline.rs passed three runs and failed the fourth with a 40 ms p95); tests/alloc.rs passes under qemu but
   # takes 80 s there for what is a property of the Rust code, checked on x86-64.
   scripts/fetch-onnxruntime.sh --arch aarch64
   echo "== tests under qemu-aarch64" >&2
   "$CARGO" test --release --locked --target $TARGET --lib \
-    --test exact_models --test golden --test pipeline --test photos
+    --test exact_models --test golden --test photos
 fi
