@@ -181,23 +181,26 @@ fn max_gap(t: &[Instant]) -> Duration {
     t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
 }
 
+/// A daemon on `config` under systemd's notify protocol: its notifications land in `dir/name`, with
+/// `WATCHDOG_USEC = watchdog` and `WATCHDOG_PID` its own PID.
+fn spawn_notified(dir: &Path, name: &str, config: &Path, watchdog: Duration) -> (Daemon, Lines) {
+    let sock = dir.join(name);
+    let notes = notify_listener(&sock);
+    let env = [
+        ("NOTIFY_SOCKET", sock.display().to_string()),
+        ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
+    ];
+    (spawn(config, &env, true), notes)
+}
+
 #[test]
 fn notify_sequence_ready_after_warm_up_watchdog_only_while_frames_flow_stopping_on_sigterm() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("notify.sock");
-    let notes = notify_listener(&sock);
     // 60 frames at 20 fps (3 s), then the source hangs without ending.
     let cfg = synthetic_config(dir.path(), "stall_after_frames = 60\n");
     let watchdog = Duration::from_secs(1);
-    let mut d = spawn(
-        &cfg,
-        &[
-            ("NOTIFY_SOCKET", sock.display().to_string()),
-            ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
-        ],
-        true,
-    );
+    let (mut d, notes) = spawn_notified(dir.path(), "notify.sock", &cfg, watchdog);
     d.wait_log("the stall", Duration::from_secs(30), |l| {
         l.contains("stalling after 60 frames")
     });
@@ -272,18 +275,9 @@ fn notify_sequence_ready_after_warm_up_watchdog_only_while_frames_flow_stopping_
 fn watchdog_interval_follows_watchdog_usec_and_ignores_another_pids_watchdog() {
     let _g = lock();
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("notify.sock");
-    let notes = notify_listener(&sock);
     let cfg = synthetic_config(dir.path(), "");
     let watchdog = Duration::from_secs(3);
-    let mut d = spawn(
-        &cfg,
-        &[
-            ("NOTIFY_SOCKET", sock.display().to_string()),
-            ("WATCHDOG_USEC", watchdog.as_micros().to_string()),
-        ],
-        true,
-    );
+    let (mut d, notes) = spawn_notified(dir.path(), "notify.sock", &cfg, watchdog);
     d.wait_log("readiness", Duration::from_secs(30), |l| l.contains("ready:"));
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(d.terminate(), Some(0));
