@@ -19,6 +19,7 @@ for arch in "$@"; do
   esac
   [ -x "$dir/kestrel" ] || { echo "$dir/kestrel is not built" >&2; exit 1; }
   [ -s models/yolov3-tiny-416.onnx ] || { echo "models/yolov3-tiny-416.onnx missing: scripts/make-models.sh" >&2; exit 1; }
+  [ -s models/yolov3-tiny-416.golden.json ] || { echo "models/yolov3-tiny-416.golden.json missing: scripts/setup.sh" >&2; exit 1; }
   scripts/fetch-onnxruntime.sh --arch $ortarch
   # Staged outside target/*/release so that it is not found "beside the executable" by local runs.
   stage=target/deb-assets; rm -rf "$stage"; mkdir -p "$stage"

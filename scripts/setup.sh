@@ -55,4 +55,13 @@ step "demo clip and benchmark frames"
 
 step "build (release)"
 cargo build --release --locked >&2
+
+step "golden detections for the precision self-test (FP32 model, CPU provider)"
+# Three photos beside the model and its reference detections: `kestrel run` checks the provider/precision in
+# use against them at start; the .deb ships both.
+mkdir -p models/golden
+for p in person.jpg dog.jpg horses.jpg; do cmp -s $PHOTOS/$p models/golden/$p || cp $PHOTOS/$p models/golden/; done
+if ! [ -s models/yolov3-tiny-416.golden.json ] || [ models/yolov3-tiny-416.golden.json -ot models/yolov3-tiny-416.onnx ]; then
+  target/release/kestrel golden --model models/yolov3-tiny-416.onnx models/golden/*.jpg >&2
+fi
 echo "set-up complete: $ROOT/target/release/kestrel" >&2

@@ -10,7 +10,8 @@ cargo fmt --all -- --check
 printf '\n== cargo clippy --all-targets -D warnings\n' >&2
 cargo clippy --release --locked --all-targets -- -D warnings
 printf '\n== kestrel bench (small; reports numbers, never fails on speed)\n' >&2
-target/release/kestrel --log warn bench --reps 2 --n 10 --json target/bench-ci.json
+target/release/kestrel --log warn bench --reps 2 --n 10 --ep cpu --precision fp32,fp16 --json target/bench-ci.json
+bash -n scripts/gpu-check.sh   # the GPU check cannot run here (no GPU); at least it parses
 printf '\n== cargo test (unit + integration)\n' >&2
 cargo test --release --locked
 printf '\n== V4L2 camera tests in a VM (QEMU software emulation, Debian kernel, vivid driver; ~1.5 min)\n' >&2

@@ -13,7 +13,8 @@ use anyhow::Context as _;
 
 use crate::config::{Config, SourceKind};
 use crate::daemon::{cores, pipeline_options};
-use crate::model::{Detector, InputTensor, SessionOptions};
+use crate::ep::{EpKind, EpOptions};
+use crate::model::{Detector, SessionOptions};
 use crate::pipeline::{default_workers, Pipeline};
 use crate::preprocess::{FramePreprocessor, Pixels};
 use crate::sink::NullSink;
@@ -58,6 +59,39 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Execution providers, one row each (comma-separated): cpu, cuda, tensorrt.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "cpu")]
+    ep: Vec<EpKind>,
+    /// Precisions, one row each (comma-separated): fp32, fp16. fp16 on TensorRT builds an FP16 engine from the
+    /// FP32 model; on CUDA and the CPU it runs the model's FP16 variant (`<stem>-fp16.onnx` beside it).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "fp32")]
+    precision: Vec<String>,
+    /// Feed inference through an IoBinding (what the daemon does by default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    io_binding: bool,
+}
+
+/// The model file and TensorRT precision flag for a (model, provider, precision) row.
+pub fn model_for(model: &Path, ep: EpKind, precision: &str) -> anyhow::Result<(PathBuf, bool)> {
+    let stem = model.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+    let is_fp16_file = ["-fp16", "_fp16", "-f16", "_f16"].iter().any(|s| stem.ends_with(s));
+    match (precision, ep) {
+        ("fp32", _) if is_fp16_file => anyhow::bail!("{} is an FP16 model; pass the FP32 one", model.display()),
+        ("fp32", _) => Ok((model.to_path_buf(), false)),
+        ("fp16", EpKind::Tensorrt) if !is_fp16_file => Ok((model.to_path_buf(), true)),
+        ("fp16", _) if is_fp16_file => Ok((model.to_path_buf(), false)),
+        ("fp16", _) => {
+            let v = model.with_file_name(format!("{stem}-fp16.onnx"));
+            anyhow::ensure!(
+                v.is_file(),
+                "no FP16 variant of {} (looked for {}; scripts/make-models.sh makes one)",
+                model.display(),
+                v.display()
+            );
+            Ok((v, false))
+        }
+        (other, _) => anyhow::bail!("--precision {other}: expected fp32 or fp16"),
+    }
 }
 
 /// Median, min and max of a series.
@@ -89,6 +123,10 @@ impl Spread {
 
 #[derive(Debug, serde::Serialize)]
 pub struct Row {
+    /// Execution provider in use (after any fallback) and what was asked for.
+    pub ep: String,
+    pub ep_requested: String,
+    pub io_binding: bool,
     pub model: String,
     pub input: String,
     pub precision: String,
@@ -132,61 +170,117 @@ fn load_frames(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-fn bench_model(ort: Option<&Path>, a: &BenchArgs, model: &Path, frames: &[Vec<u8>]) -> anyhow::Result<Row> {
-    let rt = runtime::init(ort)?;
-    let intra = if a.threads == 0 { cores() } else { a.threads };
-    let workers = if a.workers == 0 {
-        default_workers(cores())
-    } else {
-        a.workers
-    };
-    let opts = SessionOptions {
-        intra_threads: intra,
-        spinning: false,
-    };
-    let mut bare = Detector::load(rt, model, None, &opts)?;
-    let (w, h) = (bare.info.input_width, bare.info.input_height);
-    let mut prep = FramePreprocessor::new(true)?;
-    let mut tensor = InputTensor::for_model(&bare.info);
-    prep.prepare(Pixels::jpeg(&frames[0]), &mut tensor, w, h)?;
-    let header = turbojpeg::read_header(&frames[0]).context("reading the first frame's header")?;
-    let mut cands = Vec::new();
-    for _ in 0..3 {
-        bare.infer(&tensor, 0.25, &mut cands)?;
-    }
-    let mut cfg = Config::default();
-    cfg.source.kind = SourceKind::Images;
-    cfg.source.path = a.frames.clone();
-    cfg.source.fps_hz = 0.0;
-    cfg.pipeline.workers = workers;
-    let labels: Arc<[String]> = bare.info.labels.clone().into();
+/// One row's state: the bare detector, its tensor, the preprocessor and the pipeline config.
+struct RowBench {
+    ep: EpKind,
+    model: PathBuf,
+    opts: SessionOptions,
+    bare: Detector,
+    prep: FramePreprocessor,
+    tensor: crate::model::InputTensor,
+    cands: Vec<crate::yolo::Candidate>,
+    cfg: Config,
+    workers: usize,
+    intra: usize,
+    labels: Arc<[String]>,
+    frame_size: String,
+    fa: Vec<f64>,
+    fb: Vec<f64>,
+    fc: Vec<f64>,
+}
 
-    let (mut fa, mut fb, mut fc) = (Vec::new(), Vec::new(), Vec::new());
-    for rep in 0..a.reps {
+impl RowBench {
+    fn new(
+        ort: Option<&Path>,
+        a: &BenchArgs,
+        model: &Path,
+        ep: EpKind,
+        trt_fp16: bool,
+        frames: &[Vec<u8>],
+    ) -> anyhow::Result<Self> {
+        let rt = runtime::init(ort)?;
+        let intra = if a.threads == 0 { cores() } else { a.threads };
+        let workers = if a.workers == 0 {
+            default_workers(cores())
+        } else {
+            a.workers
+        };
+        let mut ep_opts = EpOptions {
+            providers: vec![ep],
+            require: Some(ep),
+            ..EpOptions::default()
+        };
+        ep_opts.tensorrt.fp16 = trt_fp16;
+        let opts = SessionOptions {
+            intra_threads: intra,
+            spinning: false,
+            ep: ep_opts,
+            io_binding: a.io_binding,
+            ..SessionOptions::default()
+        };
+        let mut bare = Detector::load(rt, model, None, &opts)?;
+        let (w, h) = (bare.info.input_width, bare.info.input_height);
+        let mut prep = FramePreprocessor::new(true)?;
+        let mut tensor = bare.new_input();
+        prep.prepare(Pixels::jpeg(&frames[0]), &mut tensor, w, h)?;
+        let header = turbojpeg::read_header(&frames[0]).context("reading the first frame's header")?;
+        let mut cands = Vec::new();
+        for _ in 0..3 {
+            bare.infer(&tensor, 0.25, &mut cands)?;
+        }
+        let mut cfg = Config::default();
+        cfg.source.kind = SourceKind::Images;
+        cfg.source.path = a.frames.clone();
+        cfg.source.fps_hz = 0.0;
+        cfg.pipeline.workers = workers;
+        let labels: Arc<[String]> = bare.info.labels.clone().into();
+        Ok(Self {
+            ep,
+            model: model.to_path_buf(),
+            opts,
+            bare,
+            prep,
+            tensor,
+            cands,
+            cfg,
+            workers,
+            intra,
+            labels,
+            frame_size: format!("{}x{}", header.width, header.height),
+            fa: Vec::new(),
+            fb: Vec::new(),
+            fc: Vec::new(),
+        })
+    }
+
+    /// One repetition of (a), (b), (c).
+    fn rep(&mut self, ort: Option<&Path>, a: &BenchArgs, frames: &[Vec<u8>]) -> anyhow::Result<()> {
+        let rt = runtime::init(ort)?;
+        let (w, h) = (self.bare.info.input_width, self.bare.info.input_height);
         // (a) bare inference
         let t = Instant::now();
         for _ in 0..a.n {
-            bare.infer(&tensor, 0.25, &mut cands)?;
+            self.bare.infer(&self.tensor, 0.25, &mut self.cands)?;
         }
-        fa.push(a.n as f64 / t.elapsed().as_secs_f64());
+        self.fa.push(a.n as f64 / t.elapsed().as_secs_f64());
         // (b) decode + letterbox, one thread
         let t = Instant::now();
         for i in 0..a.n {
             let f = &frames[i % frames.len()];
-            prep.prepare(Pixels::jpeg(f), &mut tensor, w, h)?;
+            self.prep.prepare(Pixels::jpeg(f), &mut self.tensor, w, h)?;
         }
-        fb.push(t.elapsed().as_secs_f64() * 1e3 / a.n as f64);
+        self.fb.push(t.elapsed().as_secs_f64() * 1e3 / a.n as f64);
         // (c) the full pipeline; the first frames (start-up) are not counted
-        let det = Detector::load(rt, model, None, &opts)?;
-        let pool = source::buffer_pool_size(workers, cfg.pipeline.queue_depth);
+        let det = Detector::load(rt, &self.model, None, &self.opts)?;
+        let pool = source::buffer_pool_size(self.workers, self.cfg.pipeline.queue_depth);
         let src = ImagesSource::open(&a.frames, 0.0, true, pool)?;
         let stop = Arc::new(AtomicBool::new(false));
         let p = Pipeline::start(
             Box::new(src),
             Box::new(det),
             Box::new(NullSink),
-            labels.clone(),
-            pipeline_options(&cfg, workers),
+            self.labels.clone(),
+            pipeline_options(&self.cfg, self.workers),
             stop.clone(),
         )?;
         let skip = 3u64;
@@ -199,36 +293,53 @@ fn bench_model(ort: Option<&Path>, a: &BenchArgs, model: &Path, frames: &[Vec<u8
             std::thread::sleep(Duration::from_millis(1));
         }
         let done = p.metrics.published_total() - start_count;
-        fc.push(done as f64 / t.elapsed().as_secs_f64());
+        self.fc.push(done as f64 / t.elapsed().as_secs_f64());
         stop.store(true, Ordering::SeqCst);
         p.wait(None)?;
-        let r = fc[rep] / fa[rep];
+        let i = self.fa.len() - 1;
         report!(
-            "  rep {}/{}: bare {:.1} fps | preprocess {:.2} ms | pipeline {:.1} fps | ratio {r:.3}",
-            rep + 1,
+            "  rep {}/{} {} {}: bare {:.1} fps | preprocess {:.2} ms | pipeline {:.1} fps | ratio {:.3}",
+            i + 1,
             a.reps,
-            fa[rep],
-            fb[rep],
-            fc[rep]
+            self.ep,
+            self.bare.selection.precision,
+            self.fa[i],
+            self.fb[i],
+            self.fc[i],
+            self.fc[i] / self.fa[i]
         );
+        Ok(())
     }
-    let ratios: Vec<f64> = fc.iter().zip(&fa).map(|(c, a)| c / a).collect();
-    let (t_inf, t_pre) = (1.0 / Spread::of(&fa).median, Spread::of(&fb).median / 1e3);
-    Ok(Row {
-        model: model.display().to_string(),
-        input: format!("{w}x{h}"),
-        precision: format!("{:?}", bare.info.input_precision).to_lowercase(),
-        ort_threads: intra,
-        workers,
-        frames: a.frames.display().to_string(),
-        frame_size: format!("{}x{}", header.width, header.height),
-        bare_fps: Spread::of(&fa),
-        preprocess_ms: Spread::of(&fb),
-        pipeline_fps: Spread::of(&fc),
-        ratio: Spread::of(&ratios),
-        ratio_limit: t_inf / (t_inf + t_pre / cores() as f64),
-        per_rep: fa.iter().zip(&fb).zip(&fc).map(|((a, b), c)| (*a, *b, *c)).collect(),
-    })
+
+    fn row(&self, a: &BenchArgs) -> Row {
+        let (fa, fb, fc) = (&self.fa, &self.fb, &self.fc);
+        let ratios: Vec<f64> = fc.iter().zip(fa).map(|(c, a)| c / a).collect();
+        let (t_inf, t_pre) = (1.0 / Spread::of(fa).median, Spread::of(fb).median / 1e3);
+        Row {
+            ep: self.bare.selection.active.name().into(),
+            ep_requested: self.ep.name().into(),
+            io_binding: self.bare.io_binding(),
+            model: self.model.display().to_string(),
+            input: format!("{}x{}", self.bare.info.input_width, self.bare.info.input_height),
+            precision: self.bare.selection.precision.clone(),
+            ort_threads: self.intra,
+            workers: self.workers,
+            frames: a.frames.display().to_string(),
+            frame_size: self.frame_size.clone(),
+            bare_fps: Spread::of(fa),
+            preprocess_ms: Spread::of(fb),
+            pipeline_fps: Spread::of(fc),
+            ratio: Spread::of(&ratios),
+            ratio_limit: t_inf / (t_inf + t_pre / cores() as f64),
+            per_rep: fa.iter().zip(fb).zip(fc).map(|((a, b), c)| (*a, *b, *c)).collect(),
+        }
+    }
+}
+
+fn short_name(model: &str) -> String {
+    Path::new(model)
+        .file_name()
+        .map_or(model.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
 fn spread(s: &Spread, digits: usize) -> String {
@@ -247,11 +358,23 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
             a.n,
             cores()
         );
-        let mut rows = Vec::new();
+        let mut benches = Vec::new();
         for m in &a.models {
-            report!("{}:", m.display());
-            rows.push(bench_model(ort, a, m, &frames)?);
+            for &ep in &a.ep {
+                for p in &a.precision {
+                    let (file, trt_fp16) = model_for(m, ep, p)?;
+                    report!("loading {} on {ep} ({p})", file.display());
+                    benches.push(RowBench::new(ort, a, &file, ep, trt_fp16, &frames)?);
+                }
+            }
         }
+        // Rows interleaved within each repetition too, so that speed changes of the host hit every row alike.
+        for _ in 0..a.reps {
+            for b in &mut benches {
+                b.rep(ort, a, &frames)?;
+            }
+        }
+        let rows: Vec<Row> = benches.iter().map(|b| b.row(a)).collect();
         Ok(rows)
     })();
     let rows = match result {
@@ -262,12 +385,14 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
         }
     };
     outln!(
-        "| model | input | prec | frames | ORT thr | workers | (a) bare fps | (b) decode+letterbox ms | (c) pipeline fps | (c)/(a) | limit |"
+        "| EP | model | input | prec | frames | ORT thr | workers | (a) bare fps | (b) decode+letterbox ms | (c) pipeline fps | (c)/(a) | limit |"
     );
-    outln!("|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         outln!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} |",
+            r.ep,
+            if r.io_binding { "+iob" } else { "" },
             Path::new(&r.model)
                 .file_name()
                 .map_or(r.model.clone(), |n| n.to_string_lossy().into_owned()),
@@ -283,7 +408,36 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
             r.ratio_limit
         );
     }
-    outln!("median [min–max] over interleaved repetitions; limit = T_inf / (T_inf + T_pre / cores)");
+    outln!(
+        "median [min–max] over interleaved repetitions; limit = T_inf / (T_inf + T_pre / cores); +iob: IoBinding; \
+         every row ran on the provider named (require_ep is set for each)"
+    );
+    if rows.len() > 1 {
+        for r in &rows[1..] {
+            for (what, pick) in [("(a) bare fps", 0usize), ("(c) pipeline fps", 2)] {
+                let get = |t: &(f64, f64, f64)| if pick == 0 { t.0 } else { t.2 };
+                let ratios: Vec<f64> = r
+                    .per_rep
+                    .iter()
+                    .zip(&rows[0].per_rep)
+                    .map(|(x, y)| get(x) / get(y))
+                    .collect();
+                let s = Spread::of(&ratios);
+                outln!(
+                    "{what}, {} {} {} / {} {} {}: {:.3} [{:.3}–{:.3}] (ratio within each repetition)",
+                    short_name(&r.model),
+                    r.ep,
+                    r.precision,
+                    short_name(&rows[0].model),
+                    rows[0].ep,
+                    rows[0].precision,
+                    s.median,
+                    s.min,
+                    s.max
+                );
+            }
+        }
+    }
     if let Some(path) = &a.json {
         let out = serde_json::json!({ "cores": cores(), "reps": a.reps, "n": a.n, "rows": rows });
         if let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&out).unwrap_or_default()) {
@@ -297,6 +451,22 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precision_picks_the_model_file() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path().join("net.onnx");
+        std::fs::write(&m, b"x").unwrap();
+        assert_eq!(model_for(&m, EpKind::Cpu, "fp32").unwrap(), (m.clone(), false));
+        assert_eq!(model_for(&m, EpKind::Tensorrt, "fp16").unwrap(), (m.clone(), true));
+        let e = model_for(&m, EpKind::Cpu, "fp16").unwrap_err().to_string();
+        assert!(e.contains("net-fp16.onnx"), "{e}");
+        let v = t.path().join("net-fp16.onnx");
+        std::fs::write(&v, b"x").unwrap();
+        assert_eq!(model_for(&m, EpKind::Cuda, "fp16").unwrap(), (v.clone(), false));
+        assert!(model_for(&v, EpKind::Cpu, "fp32").is_err());
+        assert!(model_for(&m, EpKind::Cpu, "int4").is_err());
+    }
 
     #[test]
     fn spread_of_series() {

@@ -41,6 +41,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Start-up precision self-test against golden detections.
+    pub selftest: SelfTestConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -201,6 +203,26 @@ pub struct RuntimeConfig {
     /// Inference runs on a blank input after loading, before the daemon reports ready (the first runs are
     /// slow: allocation, kernel selection, GPU engine set-up).
     pub warmup_runs: u32,
+    /// ONNX Runtime inter-op threads (parallel graph branches; 0: ONNX Runtime's choice).
+    pub inter_threads: usize,
+    /// Execution providers in order of preference: `"tensorrt"`, `"cuda"`, `"cpu"`. One that cannot be used
+    /// here is skipped with a WARN (and the reason in `status`), unless it is `require_ep`.
+    pub execution_providers: Vec<crate::ep::EpKind>,
+    /// Refuse to start unless this provider is registered (e.g. `"tensorrt"` on the drone: never fly on the
+    /// CPU by accident).
+    pub require_ep: Option<crate::ep::EpKind>,
+    /// Feed the model through an `IoBinding` with inputs in memory ONNX Runtime allocates (pinned host memory
+    /// under CUDA/TensorRT, so preprocessing writes straight into DMA-able buffers, two or more in rotation).
+    pub io_binding: bool,
+    /// TensorRT engine-cache root (default: `$CACHE_DIRECTORY/engines`, i.e. /var/cache/kestrel/engines under
+    /// the systemd unit; else `~/.cache/kestrel/engines`).
+    pub engine_cache_dir: Option<PathBuf>,
+    /// With TensorRT selected and no valid cached engine: `"build"` it now, or `"next_ep"`: run on the next
+    /// provider until `kestrel build-engine` has built one.
+    pub missing_engine: crate::ep::MissingEngine,
+    pub tensorrt: crate::ep::TensorRtConfig,
+    pub cuda: crate::ep::CudaConfig,
+    pub cpu: crate::ep::CpuConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -210,6 +232,73 @@ impl Default for RuntimeConfig {
             intra_threads: 0,
             spinning: false,
             warmup_runs: 2,
+            inter_threads: 0,
+            execution_providers: vec![crate::ep::EpKind::Cpu],
+            require_ep: None,
+            io_binding: true,
+            engine_cache_dir: None,
+            missing_engine: crate::ep::MissingEngine::Build,
+            tensorrt: crate::ep::TensorRtConfig::default(),
+            cuda: crate::ep::CudaConfig::default(),
+            cpu: crate::ep::CpuConfig::default(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The execution-provider part.
+    pub fn ep_options(&self) -> crate::ep::EpOptions {
+        crate::ep::EpOptions {
+            providers: self.execution_providers.clone(),
+            require: self.require_ep,
+            tensorrt: self.tensorrt.clone(),
+            cuda: self.cuda.clone(),
+            cpu: self.cpu.clone(),
+            engine_cache_dir: self.engine_cache_dir.clone(),
+            missing_engine: self.missing_engine,
+        }
+    }
+}
+
+/// What the start-up self-test does when the chosen provider/precision disagrees with the golden detections.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMismatch {
+    /// Refuse to start (exit 3, the report in the log).
+    #[default]
+    Fail,
+    /// Drop the provider that failed and try the next one in `runtime.execution_providers` (the self-test runs
+    /// again there); fail when none is left.
+    Fallback,
+}
+
+/// `[selftest]`: at start, run the golden images through the chosen provider + precision and compare with the
+/// FP32 CPU reference detections stored beside the model (`kestrel golden` makes them).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SelfTestConfig {
+    pub enabled: bool,
+    /// The golden file (default: `<model stem>.golden.json` beside the model, or the FP32 parent's for a
+    /// `-fp16` model). Set explicitly, it must exist.
+    pub golden: Option<PathBuf>,
+    pub on_mismatch: OnMismatch,
+    /// A detection matches when it has the same class, IoU at least this…
+    pub min_iou: f32,
+    /// …and a score within this of the reference.
+    pub score_tolerance: f32,
+    /// Only detections scoring at least this (on either side) must be matched.
+    pub min_score: f32,
+}
+
+impl Default for SelfTestConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            golden: None,
+            on_mismatch: OnMismatch::Fail,
+            min_iou: 0.9,
+            score_tolerance: 0.05,
+            min_score: 0.3,
         }
     }
 }
@@ -306,6 +395,15 @@ impl Config {
             anchor(p);
         }
         if let Some(p) = cfg.runtime.ort_lib.as_mut() {
+            anchor(p);
+        }
+        if let Some(p) = cfg.runtime.engine_cache_dir.as_mut() {
+            anchor(p);
+        }
+        if let Some(p) = cfg.runtime.tensorrt.int8_calibration_table.as_mut() {
+            anchor(p);
+        }
+        if let Some(p) = cfg.selftest.golden.as_mut() {
             anchor(p);
         }
         anchor(&mut cfg.publish.socket);
@@ -441,6 +539,25 @@ impl Config {
                 format!("{} is more than 100", self.runtime.warmup_runs),
             );
         }
+        if let Err((field, reason)) = self.runtime.ep_options().validate() {
+            return bad(field, reason);
+        }
+        if self.runtime.inter_threads > 256 {
+            return bad(
+                "runtime.inter_threads",
+                format!("{} is more than 256", self.runtime.inter_threads),
+            );
+        }
+        let st = &self.selftest;
+        for (field, v) in [
+            ("selftest.min_iou", st.min_iou),
+            ("selftest.score_tolerance", st.score_tolerance),
+            ("selftest.min_score", st.min_score),
+        ] {
+            if !unit(v) {
+                return bad(field, format!("{v} is not between 0 and 1"));
+            }
+        }
         if !(100..=60_000).contains(&self.service.status_interval_ms) {
             return bad(
                 "service.status_interval_ms",
@@ -549,6 +666,63 @@ mod tests {
         assert!(e.contains("`runtime.warmup_runs`"), "{e}");
         let e = parse("[service]\nwatchdog_sec = 3\n").unwrap_err().to_string();
         assert!(e.contains("watchdog_sec"), "{e}");
+    }
+
+    #[test]
+    fn execution_provider_fields_are_parsed_and_validated() {
+        use crate::ep::{ConvSearch, EpKind, MissingEngine};
+        let c = parse("").unwrap();
+        assert_eq!(c.runtime.execution_providers, [EpKind::Cpu]);
+        assert_eq!(c.runtime.require_ep, None);
+        assert!(c.runtime.io_binding && c.selftest.enabled);
+        let c = parse(
+            "[runtime]\nexecution_providers = [\"tensorrt\", \"cuda\", \"cpu\"]\nrequire_ep = \"tensorrt\"\n\
+             missing_engine = \"next_ep\"\nengine_cache_dir = \"cache\"\n\
+             [runtime.tensorrt]\nfp16 = true\nworkspace_mb = 2048\ndla_core = 1\nint8 = true\n\
+             int8_calibration_table = \"calib.cache\"\n\
+             [runtime.cuda]\ndevice_id = 0\ncudnn_conv_algo_search = \"heuristic\"\ngpu_mem_limit_mb = 3000\n\
+             [runtime.cpu]\narena = false\n[selftest]\non_mismatch = \"fallback\"\nscore_tolerance = 0.1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.runtime.execution_providers,
+            [EpKind::Tensorrt, EpKind::Cuda, EpKind::Cpu]
+        );
+        assert_eq!(c.runtime.require_ep, Some(EpKind::Tensorrt));
+        assert_eq!(c.runtime.missing_engine, MissingEngine::NextEp);
+        assert_eq!(
+            c.runtime.engine_cache_dir.as_deref(),
+            Some(Path::new("/etc/kestrel/cache"))
+        );
+        assert_eq!(c.runtime.tensorrt.dla_core, Some(1));
+        assert_eq!(c.runtime.tensorrt.precision(), "int8");
+        assert_eq!(
+            c.runtime.tensorrt.int8_calibration_table.as_deref(),
+            Some(Path::new("/etc/kestrel/calib.cache"))
+        );
+        assert_eq!(c.runtime.cuda.cudnn_conv_algo_search, ConvSearch::Heuristic);
+        assert!(!c.runtime.cpu.arena);
+        assert_eq!(c.selftest.on_mismatch, OnMismatch::Fallback);
+
+        let err = |t: &str| parse(t).unwrap_err().to_string();
+        let e = err("[runtime]\nexecution_providers = [\"gpu\"]\n");
+        assert!(e.contains("gpu") && e.contains("/etc/kestrel/test.toml"), "{e}");
+        let e = err("[runtime]\nexecution_providers = []\n");
+        assert!(e.contains("`runtime.execution_providers`"), "{e}");
+        let e = err("[runtime]\nexecution_providers = [\"cpu\", \"cuda\"]\n");
+        assert!(e.contains("`runtime.execution_providers`") && e.contains("last"), "{e}");
+        let e = err("[runtime]\nrequire_ep = \"cuda\"\n");
+        assert!(e.contains("`runtime.require_ep`") && e.contains("not in"), "{e}");
+        let e = err("[runtime.tensorrt]\nbuilder_optimization_level = 9\n");
+        assert!(e.contains("`runtime.tensorrt.builder_optimization_level`"), "{e}");
+        let e = err("[runtime.tensorrt]\nfp8 = true\n");
+        assert!(e.contains("fp8"), "{e}");
+        let e = err("[runtime.cuda]\ncudnn_conv_algo_search = \"fast\"\n");
+        assert!(e.contains("fast"), "{e}");
+        let e = err("[runtime]\nmissing_engine = \"wait\"\n");
+        assert!(e.contains("wait"), "{e}");
+        let e = err("[selftest]\nmin_iou = 1.5\n");
+        assert!(e.contains("`selftest.min_iou`"), "{e}");
     }
 
     #[test]

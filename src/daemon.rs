@@ -23,6 +23,17 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// ONNX Runtime session settings for a config, with `intra` intra-op threads.
+pub fn session_options(cfg: &Config, intra: usize) -> SessionOptions {
+    SessionOptions {
+        intra_threads: intra,
+        inter_threads: cfg.runtime.inter_threads,
+        spinning: cfg.runtime.spinning,
+        ep: cfg.runtime.ep_options(),
+        io_binding: cfg.runtime.io_binding,
+    }
+}
+
 /// Worker and ONNX Runtime thread counts for a config (0 means automatic).
 pub fn thread_budget(cfg: &Config) -> (usize, usize) {
     let workers = if cfg.pipeline.workers == 0 {
@@ -105,17 +116,19 @@ pub fn start(
     progress("loading ONNX Runtime");
     let rt = runtime::init(cli_ort.or(cfg.runtime.ort_lib.as_deref()))?;
     let (workers, intra) = thread_budget(cfg);
-    let opts = SessionOptions {
-        intra_threads: intra,
-        spinning: cfg.runtime.spinning,
-    };
+    let opts = session_options(cfg, intra);
     progress(&format!("loading model {}", cfg.model.path.display()));
-    let mut detector = Detector::load(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts)?;
+    let mut detector = Detector::load_with(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts, progress)?;
     log::info!(
-        "model {}; ONNX Runtime {} (CPU, {intra} threads); {workers} preprocessing workers",
+        "model {}; ONNX Runtime {} ({}, {}, {intra} threads); {workers} preprocessing workers",
         detector.info,
-        rt.version
+        rt.version,
+        detector.selection.active,
+        detector.selection.precision
     );
+    if cfg.selftest.enabled {
+        detector = crate::selftest::at_start(rt, cfg, &opts, detector, progress)?;
+    }
     let runs = cfg.runtime.warmup_runs as usize;
     if runs > 0 {
         progress(&format!("warming up the model ({runs} runs)"));
@@ -163,7 +176,8 @@ pub fn start(
             },
             labels: info.labels.clone(),
             camera: src.name().to_string(),
-            execution_provider: "cpu".into(),
+            execution_provider: detector.selection.active.name().into(),
+            execution_provider_fallback: detector.selection.fallback_note(),
             intrinsics: cfg.intrinsics.is_some(),
             format: cfg.publish.format,
             status_interval_ms: cfg.publish.status_interval_ms,
@@ -300,6 +314,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
     check("[mavlink]", a.mavlink == b.mavlink);
     check("[service]", a.service == b.service);
     check("[log]", a.log == b.log);
+    check("[selftest]", a.selftest == b.selftest);
     out
 }
 

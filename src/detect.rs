@@ -103,7 +103,7 @@ pub struct ImageDetector {
 
 impl ImageDetector {
     pub fn new(detector: Detector, thresholds: Thresholds) -> Result<Self, DetectError> {
-        let input = InputTensor::for_model(&detector.info);
+        let input = detector.new_input();
         // Still images: full-resolution decoding, so results don't depend on how large the file is.
         let prep = FramePreprocessor::new(false)?;
         Ok(Self {
@@ -172,36 +172,49 @@ impl ImageDetector {
             path: name.clone(),
             source,
         })?;
+        let mut report = self.detect_bytes(&name, &bytes)?;
+        report.times_ms.total = ms(t0.elapsed());
+        Ok(report)
+    }
+
+    /// Decode and detect one encoded image (JPEG or PNG) already in memory; `name` names it in the report.
+    pub fn detect_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<ImageReport, DetectError> {
+        let t0 = Instant::now();
         let decode_err = |source| DetectError::Decode {
-            path: name.clone(),
+            path: name.to_string(),
             source,
         };
         let mut times = StageTimes::default();
-        let (lb, detections) = match sniff(&bytes).map_err(decode_err)? {
-            Encoded::Jpeg => self.run(PixelFormat::Jpeg, 0, 0, &bytes, &mut times),
+        let (lb, detections) = match sniff(bytes).map_err(decode_err)? {
+            Encoded::Jpeg => self.run(PixelFormat::Jpeg, 0, 0, bytes, &mut times),
             Encoded::Png => {
                 let t = Instant::now();
-                let rgb = decode_image(&bytes).map_err(decode_err)?;
+                let rgb = decode_image(bytes).map_err(decode_err)?;
                 times.decode = ms(t.elapsed());
                 self.run(PixelFormat::Rgb, rgb.width, rgb.height, &rgb.data, &mut times)
             }
         }
         .map_err(|e| match e {
             DetectError::Preprocess(PreprocessError::Jpeg(reason)) => DetectError::Decode {
-                path: name.clone(),
+                path: name.to_string(),
                 source: DecodeError::Corrupt { format: "JPEG", reason },
             },
             other => other,
         })?;
         times.total = ms(t0.elapsed());
         Ok(ImageReport {
-            image: name,
+            image: name.to_string(),
             width: lb.src_w,
             height: lb.src_h,
             model: self.detector.info.path.display().to_string(),
             times_ms: times,
             detections,
         })
+    }
+
+    /// Give the detector back.
+    pub fn into_detector(self) -> Detector {
+        self.detector
     }
 }
 

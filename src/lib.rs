@@ -10,6 +10,9 @@
 
 pub mod decode;
 pub mod detect;
+pub mod engine_cache;
+pub mod ep;
+pub mod gpu;
 pub mod labels;
 pub mod letterbox;
 pub mod mavlink;
@@ -42,6 +45,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod preprocess;
 pub mod publish;
+pub mod selftest;
 pub mod service;
 pub mod sink;
 pub mod source;

@@ -56,6 +56,40 @@ enum Command {
     Devices(DevicesArgs),
     /// Connect to a running daemon's detection socket and print its messages (one JSON object per line).
     Subscribe(SubscribeArgs),
+    /// Make the FP32 reference ("golden") detections of a model on a few images, for the start-up self-test:
+    /// CPU execution provider, FP32 model; written beside the model as <stem>.golden.json.
+    Golden(GoldenArgs),
+    /// Build and cache the TensorRT engine for a config's model ahead of flight, with progress and a summary.
+    BuildEngine(BuildEngineArgs),
+}
+
+#[derive(Args)]
+struct GoldenArgs {
+    /// The FP32 model.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Output (default: <model dir>/<model stem>.golden.json). The images must lie in its directory or below.
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
+    /// Minimum score stored (below the self-test's matching threshold, so borderline boxes have a partner).
+    #[arg(long, default_value_t = 0.1, value_parser = unit_interval)]
+    conf: f32,
+    /// NMS IoU threshold.
+    #[arg(long, default_value_t = 0.45, value_parser = unit_interval)]
+    iou: f32,
+    /// Golden images (JPEG/PNG).
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct BuildEngineArgs {
+    /// Configuration file: model, [runtime.tensorrt] options and the engine-cache directory.
+    #[arg(long, short, value_name = "PATH", default_value = kestrel::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Build even when a valid engine is cached (replaces it).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -297,6 +331,15 @@ struct ModelArgs {
     /// ONNX Runtime intra-op threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Execution providers in order of preference, comma-separated.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "cpu")]
+    ep: Vec<kestrel::ep::EpKind>,
+    /// Refuse to run unless this provider is registered.
+    #[arg(long, value_name = "EP", value_enum)]
+    require_ep: Option<kestrel::ep::EpKind>,
+    /// Feed the model through an IoBinding (inputs in ONNX Runtime-allocated memory).
+    #[arg(long)]
+    io_binding: bool,
 }
 
 #[derive(Args)]
@@ -347,8 +390,24 @@ fn load_detector(ort_lib: Option<&Path>, m: &ModelArgs) -> anyhow::Result<Detect
     let model = resolve_model_path(&m.model);
     let opts = SessionOptions {
         intra_threads: m.threads,
+        ep: kestrel::ep::EpOptions {
+            providers: m.ep.clone(),
+            require: m.require_ep,
+            ..Default::default()
+        },
+        io_binding: m.io_binding,
         ..Default::default()
     };
+    if let Err((field, reason)) = opts.ep.validate() {
+        anyhow::bail!(
+            "--{}: {reason}",
+            if field == "runtime.require_ep" {
+                "require-ep"
+            } else {
+                "ep"
+            }
+        );
+    }
     let detector = Detector::load(rt, &model, m.labels.as_deref(), &opts)?;
     log::info!("model {}", detector.info);
     Ok(detector)
@@ -674,6 +733,49 @@ fn init_logging(cli_filter: Option<&str>, config_filter: Option<&str>) {
     let _ = logger.try_init();
 }
 
+fn run_golden(cli_ort: Option<&Path>, a: &GoldenArgs) -> ExitCode {
+    let model = resolve_model_path(&a.model);
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| kestrel::selftest::default_golden_path(&model).remove(0));
+    match kestrel::selftest::make_golden(cli_ort, &model, &out, &a.images, a.conf, a.iou) {
+        Ok(g) => {
+            let n: usize = g.images.iter().map(|i| i.detections.len()).sum();
+            report!(
+                "kestrel: wrote {} ({} images, {n} reference detections, FP32 on the CPU)",
+                out.display(),
+                g.images.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report!("kestrel: error: {e:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn run_build_engine(cli_ort: Option<&Path>, a: &BuildEngineArgs) -> ExitCode {
+    let cfg = match kestrel::config::Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            report!("kestrel: error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match kestrel::ep::build_engine(cli_ort, &cfg, a.force) {
+        Ok(summary) => {
+            let _ = writeln!(std::io::stdout(), "{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report!("kestrel: error: {e:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run(_)) {
@@ -686,5 +788,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => kestrel::bench::run(cli.ort_lib.as_deref(), a),
         Command::Devices(a) => run_devices(a),
         Command::Subscribe(a) => run_subscribe(a),
+        Command::Golden(a) => run_golden(cli.ort_lib.as_deref(), a),
+        Command::BuildEngine(a) => run_build_engine(cli.ort_lib.as_deref(), a),
     }
 }

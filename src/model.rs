@@ -2,12 +2,14 @@
 //! One owner thread (an `ort::Session` is `Send`, not `Sync`).
 
 use half::f16;
-use ort::session::{builder::GraphOptimizationLevel, Session};
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{builder::GraphOptimizationLevel, builder::SessionBuilder, Session};
+use ort::value::{Tensor, TensorElementType, TensorRef, ValueType};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+use crate::ep::{EpError, EpKind, EpOptions, Selection, Skipped};
 use crate::labels::{self, LabelsError};
 use crate::runtime::Runtime;
 use crate::yolo::{self, Candidate, OutputLayout, YoloError};
@@ -31,6 +33,8 @@ pub enum ModelError {
     Run(String),
     #[error(transparent)]
     Labels(#[from] LabelsError),
+    #[error(transparent)]
+    Ep(#[from] EpError),
 }
 
 /// Element type of the model's input (and output) tensors.
@@ -41,13 +45,30 @@ pub enum Precision {
     F16,
 }
 
+impl Precision {
+    /// "fp32" / "fp16".
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "fp32",
+            Self::F16 => "fp16",
+        }
+    }
+}
+
 /// ONNX Runtime session settings.
 #[derive(Clone, Debug, Default)]
 pub struct SessionOptions {
     /// Intra-op threads; 0 lets ONNX Runtime choose (one per core).
     pub intra_threads: usize,
+    /// Inter-op threads (parallel branches of the graph); 0 lets ONNX Runtime choose.
+    pub inter_threads: usize,
     /// Let ONNX Runtime's idle worker threads spin (burns CPU other stages could use).
     pub spinning: bool,
+    /// Execution providers, in order of preference (default: the CPU).
+    pub ep: EpOptions,
+    /// Bind input and output through an `IoBinding`, inputs in memory allocated by ONNX Runtime (pinned host
+    /// memory under CUDA/TensorRT: DMA to the GPU without a staging copy; plain CPU memory on the CPU).
+    pub io_binding: bool,
 }
 
 /// What the loaded model is and how to feed it.
@@ -82,11 +103,28 @@ impl std::fmt::Display for ModelInfo {
     }
 }
 
-/// A model input tensor in the precision the model wants, CHW, batch 1.
-#[derive(Clone, Debug)]
+/// A model input tensor in the precision the model wants, CHW, batch 1. Preprocessing writes it in place: an
+/// FP16 model gets FP16 values directly, with no FP32 intermediate.
+#[derive(Debug)]
 pub enum InputTensor {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// Allocated by ONNX Runtime for an `IoBinding` ([`Detector::new_input`]): pinned (page-locked) host memory
+    /// under CUDA/TensorRT, ordinary CPU memory on the CPU provider.
+    BoundF32(Tensor<f32>),
+    BoundF16(Tensor<f16>),
+}
+
+/// The values of an [`InputTensor`], whatever its storage.
+pub enum TensorData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+/// The values of an [`InputTensor`], writable.
+pub enum TensorDataMut<'a> {
+    F32(&'a mut [f32]),
+    F16(&'a mut [f16]),
 }
 
 impl InputTensor {
@@ -101,12 +139,32 @@ impl InputTensor {
 }
 
 impl InputTensor {
+    /// The values.
+    pub fn data(&self) -> TensorData<'_> {
+        match self {
+            Self::F32(v) => TensorData::F32(v),
+            Self::F16(v) => TensorData::F16(v),
+            Self::BoundF32(t) => TensorData::F32(t.extract_tensor().1),
+            Self::BoundF16(t) => TensorData::F16(t.extract_tensor().1),
+        }
+    }
+
+    /// The values, writable.
+    pub fn data_mut(&mut self) -> TensorDataMut<'_> {
+        match self {
+            Self::F32(v) => TensorDataMut::F32(v),
+            Self::F16(v) => TensorDataMut::F16(v),
+            Self::BoundF32(t) => TensorDataMut::F32(t.extract_tensor_mut().1),
+            Self::BoundF16(t) => TensorDataMut::F16(t.extract_tensor_mut().1),
+        }
+    }
+
     /// Write as a NumPy `.npy` file of shape `[1, 3, height, width]` (what the model saw; for debugging and
     /// for the reference tests).
     pub fn write_npy(&self, path: &Path, width: u32, height: u32) -> std::io::Result<()> {
-        let (descr, bytes): (&str, Vec<u8>) = match self {
-            Self::F32(v) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            Self::F16(v) => ("<f2", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        let (descr, bytes): (&str, Vec<u8>) = match self.data() {
+            TensorData::F32(v) => ("<f4", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            TensorData::F16(v) => ("<f2", v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         };
         let mut header =
             format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (1, 3, {height}, {width}), }}");
@@ -131,9 +189,28 @@ pub struct InferTimes {
     pub decode: Duration,
 }
 
+/// IoBinding state: the binding, the allocator input tensors come from, where outputs go.
+struct Binding {
+    io: ort::session::IoBinding,
+    allocator: Allocator,
+    /// Kept for the binding's lifetime (outputs are bound to it).
+    _output_memory: MemoryInfo<'static>,
+    /// "pinned host memory" or "CPU memory", for the log.
+    kind: &'static str,
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind)
+    }
+}
+
 pub struct Detector {
     session: Session,
     pub info: ModelInfo,
+    /// Which execution provider runs the model, what was skipped and why.
+    pub selection: Selection,
+    binding: Option<Binding>,
 }
 
 fn precision_of(ty: TensorElementType) -> Option<Precision> {
@@ -158,6 +235,135 @@ fn parse_imgsz(text: &str) -> Option<(u32, u32)> {
     }
 }
 
+/// The session builder with the thread settings (no providers yet).
+fn base_builder(rt: &Runtime, opts: &SessionOptions) -> ort::Result<SessionBuilder> {
+    let mut builder = Session::builder(&rt.env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_op_spinning(opts.spinning)?
+        .with_inter_op_spinning(opts.spinning)?;
+    if opts.intra_threads > 0 {
+        builder = builder.with_intra_threads(opts.intra_threads)?;
+    }
+    if opts.inter_threads > 0 {
+        builder = builder.with_inter_threads(opts.inter_threads)?;
+    }
+    Ok(builder)
+}
+
+/// The model's input shape as the engine-cache key wants it (N, C, H, W; 0 for dynamic), read from a
+/// session without optimisation (cheap: no kernels are prepared).
+pub fn input_shape_of(rt: &Runtime, path: &Path) -> Result<[u32; 4], String> {
+    let s = Session::builder(&rt.env)
+        .and_then(|b| {
+            b.with_optimization_level(GraphOptimizationLevel::Disable)
+                .map_err(Into::into)
+        })
+        .and_then(|mut b| b.commit_from_file(path))
+        .map_err(|e| e.to_string())?;
+    let Some(ValueType::Tensor { shape, .. }) = s.inputs().first().map(|i| i.dtype()) else {
+        return Err("the model's first input is not a tensor".into());
+    };
+    let d: Vec<u32> = shape.iter().map(|v| u32::try_from(*v).unwrap_or(0)).collect();
+    match d[..] {
+        [n, c, h, w] => Ok([n, c, h, w]),
+        _ => Err(format!("input of rank {}, expected 4", d.len())),
+    }
+}
+
+/// Create the session on the configured providers: register each checked provider explicitly (errors on),
+/// and if session creation fails with a GPU provider, drop that provider (with its reason) and try again.
+fn open_session(
+    rt: &Runtime,
+    path: &Path,
+    opts: &SessionOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Session, Selection), ModelError> {
+    let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let ep = &opts.ep;
+    let available = crate::ep::available_providers();
+    let facts = crate::ep::probe_facts(&available, &rt.library, &ep.providers);
+    let needs_shape = ep.providers.contains(&EpKind::Tensorrt) && crate::ep::precheck(EpKind::Tensorrt, &facts).is_ok();
+    let input_shape = if needs_shape {
+        input_shape_of(rt, path).map_err(|e| load_err(&e))?
+    } else {
+        [0; 4]
+    };
+    let model = crate::ep::ModelFacts { path, input_shape };
+    let mut plan = crate::ep::plan(ep, &facts, &rt.version, &model)?;
+    let mut skipped = std::mem::take(&mut plan.skipped);
+    let mut entries = plan.entries;
+    let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: String| -> Result<(), ModelError> {
+        if ep.require == Some(kind) {
+            return Err(EpError::Required { kind, reason }.into());
+        }
+        log::warn!("execution provider {kind} skipped: {reason}");
+        skipped.push(Skipped { kind, reason });
+        Ok(())
+    };
+    let building = plan
+        .engine
+        .as_ref()
+        .is_some_and(|e| matches!(e.state, crate::ep::EngineState::Building { .. }));
+    let _ticker = building.then(|| {
+        progress("building TensorRT engine (minutes on a Jetson; `kestrel build-engine` does it ahead of flight)");
+        crate::ep::Ticker::start("building TensorRT engine".into(), std::time::Duration::from_secs(10))
+    });
+    loop {
+        let mut builder = base_builder(rt, opts).map_err(|e| load_err(&e))?;
+        let mut registered = Vec::new();
+        let mut failed = None;
+        for (kind, dispatch) in &entries {
+            match builder.with_execution_providers([dispatch.clone()]) {
+                Ok(b) => {
+                    builder = b;
+                    registered.push(*kind);
+                }
+                Err(e) => {
+                    let reason = format!("registration failed: {e}");
+                    builder = e.recover();
+                    failed = Some((*kind, reason));
+                    break;
+                }
+            }
+        }
+        if let Some((kind, reason)) = failed {
+            skip(&mut skipped, kind, reason)?;
+            entries.retain(|(k, _)| *k != kind);
+            continue;
+        }
+        match builder.commit_from_file(path) {
+            Ok(session) => {
+                let active = registered.first().copied().unwrap_or(EpKind::Cpu);
+                if registered.is_empty() && !ep.providers.contains(&EpKind::Cpu) {
+                    skipped.push(Skipped {
+                        kind: EpKind::Cpu,
+                        reason: "no listed provider could be registered; ONNX Runtime runs the model on the CPU".into(),
+                    });
+                }
+                let engine = plan.engine.take().filter(|_| active == EpKind::Tensorrt);
+                let selection = Selection {
+                    active,
+                    registered,
+                    skipped,
+                    precision: String::new(),
+                    engine,
+                };
+                return Ok((session, selection));
+            }
+            Err(e) => match entries.iter().position(|(k, _)| *k != EpKind::Cpu) {
+                Some(i) => {
+                    let kind = entries.remove(i).0;
+                    skip(&mut skipped, kind, format!("session creation failed with it: {e}"))?;
+                }
+                None => return Err(load_err(&e)),
+            },
+        }
+    }
+}
+
 impl Detector {
     /// Load and validate a YOLO detection model. `labels_path` overrides the labels the model carries.
     pub fn load(
@@ -166,27 +372,25 @@ impl Detector {
         labels_path: Option<&Path>,
         opts: &SessionOptions,
     ) -> Result<Self, ModelError> {
+        Self::load_with(rt, path, labels_path, opts, &mut |_| {})
+    }
+
+    /// [`Self::load`], telling `progress` about long steps (a TensorRT engine build).
+    pub fn load_with(
+        rt: &Runtime,
+        path: &Path,
+        labels_path: Option<&Path>,
+        opts: &SessionOptions,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Self, ModelError> {
         if !path.is_file() {
             return Err(ModelError::NotFound(path.to_path_buf()));
         }
+        let (session, mut selection) = open_session(rt, path, opts, progress)?;
         let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
             path: path.to_path_buf(),
             reason: e.to_string(),
         };
-        let mut builder = Session::builder(&rt.env)
-            .map_err(|e| load_err(&e))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(&e))?
-            .with_intra_op_spinning(opts.spinning)
-            .map_err(|e| load_err(&e))?
-            .with_inter_op_spinning(opts.spinning)
-            .map_err(|e| load_err(&e))?;
-        if opts.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(opts.intra_threads)
-                .map_err(|e| load_err(&e))?;
-        }
-        let session = builder.commit_from_file(path).map_err(|e| load_err(&e))?;
 
         let input_err = |reason: String| ModelError::Input {
             path: path.to_path_buf(),
@@ -269,9 +473,20 @@ impl Detector {
             labels,
             labels_source,
         };
+        selection.precision = match selection.active {
+            EpKind::Tensorrt => opts.ep.tensorrt.precision().to_string(),
+            _ => input_precision.name().to_string(),
+        };
+        let binding = if opts.io_binding {
+            Some(Binding::new(&session, selection.active, &opts.ep).map_err(|e| load_err(&e))?)
+        } else {
+            None
+        };
         let mut detector = Self {
             session,
             info: info.clone(),
+            selection,
+            binding,
         };
         // A fully static output shape settles the layout; otherwise run once on a blank input and look.
         let dims = if out_dims.iter().all(|d| *d > 0) {
@@ -300,11 +515,54 @@ impl Detector {
             );
         }
         detector.info = info;
+        let sel = &detector.selection;
+        let io = detector
+            .binding
+            .as_ref()
+            .map_or("plain run".into(), |b| format!("IoBinding, inputs in {}", b.kind));
+        match sel.fallback_note() {
+            None => log::info!(
+                "execution provider {} ({}; registered: {}; {io})",
+                sel.active,
+                sel.precision,
+                crate::ep::names_of(&sel.registered)
+            ),
+            Some(note) => log::warn!("execution provider {} ({}; {io}): {note}", sel.active, sel.precision),
+        }
+        if matches!(
+            detector.selection.engine.as_ref().map(|e| &e.state),
+            Some(crate::ep::EngineState::Building { .. })
+        ) {
+            // TensorRT may defer part of the build to the first run: run once, then commit the engine files.
+            let _ticker = crate::ep::Ticker::start(
+                "building TensorRT engine (first run)".into(),
+                std::time::Duration::from_secs(10),
+            );
+            detector.warm_up(1)?;
+            detector.selection.commit_engine();
+        }
         Ok(detector)
     }
 
+    /// A blank input tensor for this detector: allocated by ONNX Runtime when IoBinding is on (pinned memory
+    /// under CUDA/TensorRT), else a plain vector.
+    pub fn new_input(&self) -> InputTensor {
+        match &self.binding {
+            None => InputTensor::for_model(&self.info),
+            Some(b) => b.new_tensor(&self.info).unwrap_or_else(|e| {
+                log::warn!("cannot allocate a bound input tensor ({e}); using plain memory for this one");
+                InputTensor::for_model(&self.info)
+            }),
+        }
+    }
+
+    /// True when inference goes through an `IoBinding`.
+    pub fn io_binding(&self) -> bool {
+        self.binding.is_some()
+    }
+
     fn probe_output_shape(&mut self) -> Result<Vec<i64>, ModelError> {
-        let input = InputTensor::for_model(&self.info);
+        let input = self.new_input();
         self.with_output(&input, |shape, _| Ok(shape.to_vec()))
     }
 
@@ -321,14 +579,25 @@ impl Detector {
             self.info.input_width as usize,
         ];
         let run_err = |e: ort::Error| ModelError::Run(e.to_string());
-        let outputs = match input {
-            InputTensor::F32(v) => {
-                let t = TensorRef::from_array_view((shape, v.as_slice())).map_err(run_err)?;
-                self.session.run(ort::inputs![self.info.input_name.as_str() => t])
+        let name = self.info.input_name.as_str();
+        let outputs = match (input, self.binding.as_mut()) {
+            (InputTensor::BoundF32(t), Some(b)) => {
+                b.io.bind_input(name, t).map_err(run_err)?;
+                self.session.run_binding(&b.io)
             }
-            InputTensor::F16(v) => {
+            (InputTensor::BoundF16(t), Some(b)) => {
+                b.io.bind_input(name, t).map_err(run_err)?;
+                self.session.run_binding(&b.io)
+            }
+            (InputTensor::BoundF32(t), None) => self.session.run(ort::inputs![name => t]),
+            (InputTensor::BoundF16(t), None) => self.session.run(ort::inputs![name => t]),
+            (InputTensor::F32(v), _) => {
                 let t = TensorRef::from_array_view((shape, v.as_slice())).map_err(run_err)?;
-                self.session.run(ort::inputs![self.info.input_name.as_str() => t])
+                self.session.run(ort::inputs![name => t])
+            }
+            (InputTensor::F16(v), _) => {
+                let t = TensorRef::from_array_view((shape, v.as_slice())).map_err(run_err)?;
+                self.session.run(ort::inputs![name => t])
             }
         }
         .map_err(run_err)?;
@@ -374,7 +643,7 @@ impl Detector {
     /// Run the model `n` times on a blank input (the first runs allocate and pick kernels; a GPU execution
     /// provider builds its engine): later runs take their steady-state time. Returns each run's time.
     pub fn warm_up(&mut self, n: usize) -> Result<Vec<std::time::Duration>, ModelError> {
-        let input = InputTensor::for_model(&self.info);
+        let input = self.new_input();
         let mut candidates = Vec::new();
         (0..n)
             .map(|_| {
@@ -388,6 +657,63 @@ impl Detector {
     /// Raw first output, converted to f32 (for tests and tools; allocates).
     pub fn raw_output(&mut self, input: &InputTensor) -> Result<(Vec<i64>, Vec<f32>), ModelError> {
         self.with_output(input, |shape, out| Ok((shape.to_vec(), out.to_f32_vec())))
+    }
+}
+
+impl Binding {
+    fn new(session: &Session, active: EpKind, ep: &EpOptions) -> ort::Result<Self> {
+        let mut io = session.create_binding()?;
+        let (allocator, output_memory, kind) = match active {
+            EpKind::Cuda | EpKind::Tensorrt => {
+                let device = match active {
+                    EpKind::Tensorrt => ep.tensorrt.device_id,
+                    _ => ep.cuda.device_id,
+                } as i32;
+                let input = MemoryInfo::new(
+                    AllocationDevice::CUDA_PINNED,
+                    device,
+                    AllocatorType::Device,
+                    MemoryType::CPUInput,
+                )?;
+                let output = MemoryInfo::new(
+                    AllocationDevice::CUDA_PINNED,
+                    device,
+                    AllocatorType::Device,
+                    MemoryType::CPUOutput,
+                )?;
+                (Allocator::new(session, input)?, output, "pinned host memory")
+            }
+            EpKind::Cpu => (
+                Allocator::default(),
+                MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)?,
+                "CPU memory",
+            ),
+        };
+        for o in session.outputs() {
+            io.bind_output_to_device(o.name(), &output_memory)?;
+        }
+        Ok(Self {
+            io,
+            allocator,
+            _output_memory: output_memory,
+            kind,
+        })
+    }
+
+    fn new_tensor(&self, info: &ModelInfo) -> ort::Result<InputTensor> {
+        let shape = [1usize, 3, info.input_height as usize, info.input_width as usize];
+        Ok(match info.input_precision {
+            Precision::F32 => {
+                let mut t = Tensor::<f32>::new(&self.allocator, shape)?;
+                t.extract_tensor_mut().1.fill(0.0);
+                InputTensor::BoundF32(t)
+            }
+            Precision::F16 => {
+                let mut t = Tensor::<f16>::new(&self.allocator, shape)?;
+                t.extract_tensor_mut().1.fill(f16::ZERO);
+                InputTensor::BoundF16(t)
+            }
+        })
     }
 }
 

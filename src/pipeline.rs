@@ -67,7 +67,7 @@ impl Inference for Detector {
         (self.info.input_width, self.info.input_height)
     }
     fn new_input(&self) -> InputTensor {
-        InputTensor::for_model(&self.info)
+        Detector::new_input(self)
     }
     fn infer(&mut self, input: &InputTensor, conf: f32, out: &mut Vec<Candidate>) -> Result<InferTimes, ModelError> {
         Detector::infer(self, input, conf, out)

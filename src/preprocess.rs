@@ -8,7 +8,7 @@ use turbojpeg::{Decompressor, Image, PixelFormat as TjFormat, ScalingFactor};
 
 use crate::frame::{Frame, PixelFormat};
 use crate::letterbox::{Letterbox, LetterboxError, Preprocessor, TensorElement};
-use crate::model::InputTensor;
+use crate::model::{InputTensor, TensorDataMut};
 use crate::yuv::{nv12_row_to_rgb, nv12_rows, yuyv_row_to_rgb, YuvSpec};
 
 #[derive(Debug, Error)]
@@ -100,9 +100,9 @@ impl FramePreprocessor {
         dst_w: u32,
         dst_h: u32,
     ) -> Result<Letterbox, PreprocessError> {
-        match out {
-            InputTensor::F32(t) => self.prepare_typed(src, t, dst_w, dst_h),
-            InputTensor::F16(t) => self.prepare_typed(src, t, dst_w, dst_h),
+        match out.data_mut() {
+            TensorDataMut::F32(t) => self.prepare_typed(src, t, dst_w, dst_h),
+            TensorDataMut::F16(t) => self.prepare_typed(src, t, dst_w, dst_h),
         }
     }
 

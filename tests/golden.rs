@@ -28,6 +28,7 @@ fn hello(format: Format) -> Hello {
         labels: labels(),
         camera: "v4l2:/dev/video0".into(),
         execution_provider: "cpu".into(),
+        execution_provider_fallback: None,
         intrinsics: true,
         format,
         status_interval_ms: 1000,

@@ -733,6 +733,7 @@ impl Server {
             last_publish_age_s: age,
             camera,
             execution_provider: self.hello.execution_provider.clone(),
+            execution_provider_fallback: self.hello.execution_provider_fallback.clone(),
             subscribers: self.subs.len(),
         }
     }

@@ -128,7 +128,11 @@ pub struct Hello {
     pub labels: Vec<String>,
     /// The source, e.g. `v4l2:/dev/video0`.
     pub camera: String,
+    /// The ONNX Runtime execution provider actually in use: "tensorrt", "cuda" or "cpu".
     pub execution_provider: String,
+    /// Present when a provider listed before it could not be used: which, and why (the WARN of the start-up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_provider_fallback: Option<String>,
     pub intrinsics: bool,
     pub format: Format,
     /// Interval of `status` messages.
@@ -177,6 +181,9 @@ pub struct Status {
     pub last_publish_age_s: Option<f64>,
     pub camera: Option<crate::source::SourceSnapshot>,
     pub execution_provider: String,
+    /// As in `hello`: present while running on a fallback provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_provider_fallback: Option<String>,
     pub subscribers: usize,
 }
 

@@ -24,6 +24,7 @@ for deb in "${debs[@]}"; do
   echo "$contents" | awk '{print "   " $1, $6}'
   for f in ./usr/bin/kestrel ./usr/lib/systemd/system/kestrel.service ./etc/kestrel/kestrel.toml \
            ./usr/lib/kestrel/libonnxruntime.so.1.31.1 ./usr/share/kestrel/models/yolov3-tiny-416.onnx \
+           ./usr/share/kestrel/models/yolov3-tiny-416.golden.json ./usr/share/kestrel/models/golden/dog.jpg \
            ./usr/share/kestrel/systemd/mavlink-udp.conf ./usr/share/doc/kestrel/copyright \
            ./usr/share/doc/kestrel/deploy-jetson.md ./usr/share/doc/kestrel/ThirdPartyNotices-onnxruntime.txt; do
     echo "$contents" | awk '{print $6}' | grep -qx "$f" || fail "$deb lacks $f"

@@ -200,6 +200,9 @@ group = "kestrel"
         fail("no STOPPING=1", text)
     if "not permitted" in text.lower() or "EPERM" in text:
         fail("a denied operation in the log", text)
+    # The packaged golden detections are found beside the packaged model and reproduced on the CPU provider.
+    if "self-test passed: 3 images" not in text:
+        fail("no passed precision self-test in the log", text)
     print(f"   {frames} detections messages on the socket, {pings} watchdog pings, STOPPING=1, exit 0; "
           f"status lines: {[l for _, l in notes if l.startswith('STATUS=')][:6]}", file=sys.stderr)
     print("sandbox check PASSED", file=sys.stderr)

@@ -1,0 +1,789 @@
+//! The precision self-test. The model's FP32 reference ("golden") detections on a few images are made once by
+//! `kestrel golden` on the CPU execution provider and stored beside the model (`<stem>.golden.json`, with a
+//! checksum over its content and the sha256 of every image). At start the provider + precision in use runs the
+//! same images and must match: same classes, IoU ≥ 0.9, scores within a tolerance. A corrupt golden file or a
+//! changed golden image is an error, never a pass.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+use crate::engine_cache::sha256_hex;
+
+/// Golden file format version.
+pub const GOLDEN_FORMAT: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum SelfTestError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("golden file {path} is corrupt: {message} (regenerate it with `kestrel golden`)")]
+    Parse { path: PathBuf, message: String },
+    #[error("golden file {path}: format {found}, this kestrel reads format {GOLDEN_FORMAT}")]
+    Format { path: PathBuf, found: u32 },
+    #[error(
+        "golden file {path} is corrupt: checksum mismatch (stored {expected}, computed {computed}); regenerate \
+         it with `kestrel golden`"
+    )]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        computed: String,
+    },
+    #[error("golden file {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// One reference detection (source-image pixels).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenDetection {
+    pub class_id: u32,
+    pub label: String,
+    pub score: f32,
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+}
+
+impl From<&crate::Detection> for GoldenDetection {
+    fn from(d: &crate::Detection) -> Self {
+        Self {
+            class_id: d.class_id,
+            label: d.label.clone(),
+            score: d.score,
+            bbox: d.bbox,
+        }
+    }
+}
+
+impl std::fmt::Display for GoldenDetection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.bbox;
+        write!(
+            f,
+            "{} {:.3} [{:.0}, {:.0}, {:.0}, {:.0}]",
+            self.label, self.score, b[0], b[1], b[2], b[3]
+        )
+    }
+}
+
+/// One golden image and its reference detections.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenImage {
+    /// Relative to the golden file's directory, '/'-separated.
+    pub file: String,
+    pub sha256: String,
+    pub width: u32,
+    pub height: u32,
+    pub detections: Vec<GoldenDetection>,
+}
+
+/// How the reference was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    pub model_file: String,
+    pub model_sha256: String,
+    pub precision: String,
+    pub execution_provider: String,
+    pub conf: f32,
+    pub iou: f32,
+    pub kestrel_version: String,
+    pub ort_version: String,
+}
+
+/// A golden file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenFile {
+    pub format: u32,
+    pub reference: Reference,
+    pub images: Vec<GoldenImage>,
+    /// SHA-256 of the canonical JSON of everything above.
+    pub checksum: String,
+}
+
+#[derive(Serialize)]
+struct Checked<'a> {
+    format: u32,
+    reference: &'a Reference,
+    images: &'a [GoldenImage],
+}
+
+impl GoldenFile {
+    pub fn new(reference: Reference, images: Vec<GoldenImage>) -> Self {
+        let mut g = Self {
+            format: GOLDEN_FORMAT,
+            reference,
+            images,
+            checksum: String::new(),
+        };
+        g.checksum = g.compute_checksum();
+        g
+    }
+
+    /// SHA-256 of the canonical serialisation of everything but the checksum.
+    pub fn compute_checksum(&self) -> String {
+        let c = Checked {
+            format: self.format,
+            reference: &self.reference,
+            images: &self.images,
+        };
+        sha256_hex(&serde_json::to_vec(&c).unwrap_or_default())
+    }
+
+    pub fn to_json_pretty(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Write atomically (temporary file in the same directory, fsync, rename).
+    pub fn save(&self, path: &Path) -> Result<(), SelfTestError> {
+        use std::io::Write as _;
+        let werr = |source| SelfTestError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
+        f.write_all(&self.to_json_pretty()).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        std::fs::rename(&tmp, path).map_err(werr)
+    }
+
+    /// Read and check: parses, format, checksum, at least one image, sane scores and boxes.
+    pub fn load(path: &Path) -> Result<Self, SelfTestError> {
+        let text = std::fs::read(path).map_err(|source| SelfTestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let g: GoldenFile = serde_json::from_slice(&text).map_err(|e| SelfTestError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if g.format != GOLDEN_FORMAT {
+            return Err(SelfTestError::Format {
+                path: path.to_path_buf(),
+                found: g.format,
+            });
+        }
+        let computed = g.compute_checksum();
+        if computed != g.checksum {
+            return Err(SelfTestError::Checksum {
+                path: path.to_path_buf(),
+                expected: g.checksum.clone(),
+                computed,
+            });
+        }
+        let invalid = |reason: String| SelfTestError::Invalid {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if g.images.is_empty() {
+            return Err(invalid("no images".into()));
+        }
+        for img in &g.images {
+            if img.file.is_empty() || img.file.starts_with('/') || img.file.split('/').any(|c| c == "..") {
+                return Err(invalid(format!(
+                    "image path {:?} must be relative, below the file",
+                    img.file
+                )));
+            }
+            for d in &img.detections {
+                let b = d.bbox;
+                let finite = d.score.is_finite() && b.iter().all(|v| v.is_finite());
+                if !(finite && (0.0..=1.0).contains(&d.score)) || b[0] > b[2] || b[1] > b[3] {
+                    return Err(invalid(format!("{}: bad detection {d}", img.file)));
+                }
+            }
+        }
+        Ok(g)
+    }
+
+    /// Where an image of this file is.
+    pub fn image_path(&self, golden_path: &Path, img: &GoldenImage) -> PathBuf {
+        golden_path.parent().unwrap_or(Path::new(".")).join(&img.file)
+    }
+}
+
+/// The image's bytes must be the ones the reference was made from.
+pub fn verify_image_bytes(img: &GoldenImage, bytes: &[u8]) -> Result<(), String> {
+    let got = sha256_hex(bytes);
+    if got == img.sha256 {
+        Ok(())
+    } else {
+        Err(format!(
+            "sha256 {got}, the golden file says {} (image changed or replaced)",
+            img.sha256
+        ))
+    }
+}
+
+/// Golden files for `model`, in order: `<stem>.golden.json`, then for an FP16 variant (`-fp16`, `_fp16`,
+/// `-f16`, `_f16`) its FP32 parent's.
+pub fn default_golden_path(model: &Path) -> Vec<PathBuf> {
+    let dir = model.parent().unwrap_or(Path::new(""));
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = vec![dir.join(format!("{stem}.golden.json"))];
+    for suffix in ["-fp16", "_fp16", "-f16", "_f16"] {
+        if let Some(parent) = stem.strip_suffix(suffix).filter(|p| !p.is_empty()) {
+            out.push(dir.join(format!("{parent}.golden.json")));
+            break;
+        }
+    }
+    out
+}
+
+/// Matching rule.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tolerance {
+    pub min_iou: f32,
+    pub score_abs: f32,
+    /// Only detections scoring at least this, on either side, must be matched.
+    pub min_score: f32,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self {
+            min_iou: 0.9,
+            score_abs: 0.05,
+            min_score: 0.3,
+        }
+    }
+}
+
+/// One disagreement.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mismatch {
+    /// A reference detection without a match; `closest` is the best same-class candidate and its IoU.
+    Missing {
+        expected: GoldenDetection,
+        closest: Option<(GoldenDetection, f32)>,
+    },
+    /// A confident detection the reference does not have.
+    Extra { got: GoldenDetection },
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing {
+                expected,
+                closest: Some((c, iou)),
+            } => write!(
+                f,
+                "missing {expected}: best same-class match IoU {iou:.2} score {:.3}",
+                c.score
+            ),
+            Self::Missing {
+                expected,
+                closest: None,
+            } => write!(f, "missing {expected}: no same-class detection"),
+            Self::Extra { got } => write!(f, "unexpected {got}"),
+        }
+    }
+}
+
+/// Greedy one-to-one matching of `want` (score ≥ min_score, highest first) against `pool`.
+fn unmatched<'a>(
+    want: &'a [GoldenDetection],
+    pool: &[GoldenDetection],
+    tol: &Tolerance,
+) -> Vec<(&'a GoldenDetection, Option<(GoldenDetection, f32)>)> {
+    let mut used = vec![false; pool.len()];
+    let mut order: Vec<&GoldenDetection> = want.iter().filter(|d| d.score >= tol.min_score).collect();
+    order.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut out = Vec::new();
+    for w in order {
+        let mut best: Option<(usize, f32)> = None;
+        let mut closest: Option<(usize, f32)> = None;
+        for (i, p) in pool.iter().enumerate() {
+            if p.class_id != w.class_id || used[i] {
+                continue;
+            }
+            let iou = crate::nms::iou(&w.bbox, &p.bbox);
+            if closest.is_none_or(|(_, c)| iou > c) {
+                closest = Some((i, iou));
+            }
+            if iou >= tol.min_iou && (p.score - w.score).abs() <= tol.score_abs && best.is_none_or(|(_, b)| iou > b) {
+                best = Some((i, iou));
+            }
+        }
+        match best {
+            Some((i, _)) => used[i] = true,
+            None => out.push((w, closest.map(|(i, iou)| (pool[i].clone(), iou)))),
+        }
+    }
+    out
+}
+
+/// Compare one image's detections with its reference. Pure.
+pub fn compare(golden: &[GoldenDetection], got: &[GoldenDetection], tol: &Tolerance) -> Vec<Mismatch> {
+    let mut out: Vec<Mismatch> = unmatched(golden, got, tol)
+        .into_iter()
+        .map(|(e, closest)| Mismatch::Missing {
+            expected: e.clone(),
+            closest,
+        })
+        .collect();
+    out.extend(
+        unmatched(got, golden, tol)
+            .into_iter()
+            .map(|(g, _)| Mismatch::Extra { got: g.clone() }),
+    );
+    out
+}
+
+/// One image's outcome.
+#[derive(Clone, Debug)]
+pub struct ImageOutcome {
+    pub file: String,
+    pub mismatches: Vec<Mismatch>,
+    pub expected: usize,
+    pub got: usize,
+}
+
+/// The whole self-test.
+#[derive(Clone, Debug)]
+pub struct SelfTestReport {
+    pub images: Vec<ImageOutcome>,
+    pub tolerance: Tolerance,
+}
+
+impl SelfTestReport {
+    pub fn passed(&self) -> bool {
+        self.images.iter().all(|i| i.mismatches.is_empty())
+    }
+
+    /// One line.
+    pub fn summary(&self) -> String {
+        let t = &self.tolerance;
+        if self.passed() {
+            let n: usize = self.images.iter().map(|i| i.expected).sum();
+            return format!(
+                "self-test passed: {} images, {n} reference detections reproduced (IoU ≥ {:.2}, score ± {:.2} \
+                 for scores ≥ {:.2})",
+                self.images.len(),
+                t.min_iou,
+                t.score_abs,
+                t.min_score
+            );
+        }
+        let failed: Vec<String> = self
+            .images
+            .iter()
+            .filter(|i| !i.mismatches.is_empty())
+            .map(|i| {
+                let m: Vec<String> = i.mismatches.iter().map(|m| m.to_string()).collect();
+                format!("{}: {}", i.file, m.join("; "))
+            })
+            .collect();
+        format!(
+            "self-test FAILED on {} of {} images (IoU ≥ {:.2}, score ± {:.2}): {}",
+            failed.len(),
+            self.images.len(),
+            t.min_iou,
+            t.score_abs,
+            failed.join(" | ")
+        )
+    }
+}
+
+/// Run every golden image through `detector` (at the golden file's thresholds) and compare. A golden image that
+/// is missing or whose bytes changed is an error, not a mismatch.
+pub fn run(
+    detector: crate::model::Detector,
+    golden: &GoldenFile,
+    golden_path: &Path,
+    tol: &Tolerance,
+) -> Result<(crate::model::Detector, SelfTestReport), SelfTestError> {
+    let thresholds = crate::detect::Thresholds {
+        conf: golden.reference.conf,
+        iou: golden.reference.iou,
+        max_detections: 300,
+    };
+    let invalid = |reason: String| SelfTestError::Invalid {
+        path: golden_path.to_path_buf(),
+        reason,
+    };
+    let mut det = crate::detect::ImageDetector::new(detector, thresholds).map_err(|e| invalid(e.to_string()))?;
+    let mut images = Vec::new();
+    for img in &golden.images {
+        let path = golden.image_path(golden_path, img);
+        let bytes = std::fs::read(&path).map_err(|source| SelfTestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        verify_image_bytes(img, &bytes).map_err(|e| invalid(format!("golden image {}: {e}", path.display())))?;
+        let report = det
+            .detect_bytes(&path.display().to_string(), &bytes)
+            .map_err(|e| invalid(format!("golden image {}: {e}", path.display())))?;
+        let got: Vec<GoldenDetection> = report.detections.iter().map(GoldenDetection::from).collect();
+        images.push(ImageOutcome {
+            file: img.file.clone(),
+            mismatches: compare(&img.detections, &got, tol),
+            expected: img.detections.len(),
+            got: got.len(),
+        });
+    }
+    Ok((
+        det.into_detector(),
+        SelfTestReport {
+            images,
+            tolerance: *tol,
+        },
+    ))
+}
+
+/// The golden file a config's self-test uses: `selftest.golden`, else the first default candidate that exists.
+pub fn golden_path_for(cfg: &crate::config::Config) -> Result<PathBuf, Vec<PathBuf>> {
+    if let Some(p) = &cfg.selftest.golden {
+        return Ok(p.clone());
+    }
+    let candidates = default_golden_path(&cfg.model.path);
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or(candidates)
+}
+
+/// The daemon's start-up self-test: run the golden images on the provider + precision `detector` uses. Passing
+/// is logged; a mismatch is an error (`selftest.on_mismatch = "fail"`) or drops that provider and tries the next
+/// (`"fallback"`), always reported. A golden file that cannot be read or fails its checksum is an error.
+pub fn at_start(
+    rt: &crate::runtime::Runtime,
+    cfg: &crate::config::Config,
+    opts: &crate::model::SessionOptions,
+    mut detector: crate::model::Detector,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<crate::model::Detector> {
+    let golden_path = match golden_path_for(cfg) {
+        Ok(p) => p,
+        Err(looked) => {
+            let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
+            log::warn!(
+                "precision self-test not run: no golden detections for {} (looked for {}); make them with \
+                 `kestrel golden --model <the FP32 model> <images>`, or set selftest.enabled = false",
+                cfg.model.path.display(),
+                looked.join(", ")
+            );
+            return Ok(detector);
+        }
+    };
+    let golden = GoldenFile::load(&golden_path)?;
+    let st = &cfg.selftest;
+    let tol = Tolerance {
+        min_iou: st.min_iou,
+        score_abs: st.score_tolerance,
+        min_score: st.min_score,
+    };
+    let mut opts = opts.clone();
+    let mut earlier: Vec<crate::ep::Skipped> = Vec::new();
+    loop {
+        let (ep, precision) = (detector.selection.active, detector.selection.precision.clone());
+        progress(&format!(
+            "self-test: {} golden images on {ep} {precision}",
+            golden.images.len()
+        ));
+        let (back, report) = run(detector, &golden, &golden_path, &tol)?;
+        detector = back;
+        if !earlier.is_empty() {
+            let mut all = earlier.clone();
+            all.append(&mut detector.selection.skipped);
+            detector.selection.skipped = all;
+        }
+        if report.passed() {
+            log::info!(
+                "{} on {ep} {precision} against {}",
+                report.summary(),
+                golden_path.display()
+            );
+            return Ok(detector);
+        }
+        log::error!(
+            "{} on {ep} {precision} against {}",
+            report.summary(),
+            golden_path.display()
+        );
+        if st.on_mismatch == crate::config::OnMismatch::Fail {
+            anyhow::bail!(
+                "precision self-test failed on {ep} {precision} (selftest.on_mismatch = \"fail\"): {}",
+                report.summary()
+            );
+        }
+        if opts.ep.require == Some(ep) {
+            anyhow::bail!(
+                "precision self-test failed on {ep} {precision}, which runtime.require_ep requires: {}",
+                report.summary()
+            );
+        }
+        opts.ep.providers.retain(|k| *k != ep);
+        let Some(next) = opts.ep.providers.first().copied() else {
+            anyhow::bail!(
+                "precision self-test failed on {ep} {precision} and no other execution provider is listed: {}",
+                report.summary()
+            );
+        };
+        log::warn!("self-test failed on {ep}: falling back to {next}");
+        earlier = detector.selection.skipped.clone();
+        earlier.push(crate::ep::Skipped {
+            kind: ep,
+            reason: format!("failed the precision self-test ({precision}): {}", report.summary()),
+        });
+        drop(detector);
+        detector =
+            crate::model::Detector::load_with(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts, progress)?;
+    }
+}
+
+/// `kestrel golden`: the FP32 model on the CPU provider (plain run) over `images`, saved as `out`. Images must
+/// lie in `out`'s directory or below (the file refers to them relatively, so they ship together).
+pub fn make_golden(
+    cli_ort: Option<&Path>,
+    model: &Path,
+    out: &Path,
+    images: &[PathBuf],
+    conf: f32,
+    iou: f32,
+) -> anyhow::Result<GoldenFile> {
+    use anyhow::Context as _;
+    let rt = crate::runtime::init(cli_ort)?;
+    let detector = crate::model::Detector::load(rt, model, None, &crate::model::SessionOptions::default())?;
+    anyhow::ensure!(
+        detector.info.input_precision == crate::model::Precision::F32,
+        "{} is an FP16 model: the golden reference comes from the FP32 model",
+        model.display()
+    );
+    let out_dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let out_dir = out_dir
+        .canonicalize()
+        .with_context(|| format!("output directory {}", out_dir.display()))?;
+    let mut det = crate::detect::ImageDetector::new(
+        detector,
+        crate::detect::Thresholds {
+            conf,
+            iou,
+            max_detections: 300,
+        },
+    )?;
+    let mut out_images = Vec::new();
+    for img in images {
+        let abs = img
+            .canonicalize()
+            .with_context(|| format!("golden image {}", img.display()))?;
+        let rel = abs.strip_prefix(&out_dir).map_err(|_| {
+            anyhow::anyhow!(
+                "golden image {} is not under {} (the golden file refers to its images relative to itself, so \
+                 they must ship together: copy it there)",
+                img.display(),
+                out_dir.display()
+            )
+        })?;
+        let file = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/");
+        let bytes = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+        let report = det.detect_bytes(&file, &bytes)?;
+        out_images.push(GoldenImage {
+            file,
+            sha256: sha256_hex(&bytes),
+            width: report.width,
+            height: report.height,
+            detections: report.detections.iter().map(GoldenDetection::from).collect(),
+        });
+    }
+    let model_file = model
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let reference = Reference {
+        model_file,
+        model_sha256: crate::engine_cache::sha256_file(model)
+            .with_context(|| format!("hashing {}", model.display()))?,
+        precision: "fp32".into(),
+        execution_provider: "cpu".into(),
+        conf,
+        iou,
+        kestrel_version: env!("CARGO_PKG_VERSION").into(),
+        ort_version: rt.version.clone(),
+    };
+    let g = GoldenFile::new(reference, out_images);
+    g.save(out)?;
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(class_id: u32, score: f32, b: [f32; 4]) -> GoldenDetection {
+        GoldenDetection {
+            class_id,
+            label: format!("c{class_id}"),
+            score,
+            bbox: b,
+        }
+    }
+
+    fn file() -> GoldenFile {
+        GoldenFile::new(
+            Reference {
+                model_file: "m.onnx".into(),
+                model_sha256: "00".repeat(32),
+                precision: "fp32".into(),
+                execution_provider: "cpu".into(),
+                conf: 0.1,
+                iou: 0.45,
+                kestrel_version: "0.1.0".into(),
+                ort_version: "1.31.1".into(),
+            },
+            vec![GoldenImage {
+                file: "golden/a.jpg".into(),
+                sha256: sha256_hex(b"image"),
+                width: 640,
+                height: 480,
+                detections: vec![
+                    d(0, 0.8765, [10.0, 20.0, 110.0, 220.0]),
+                    d(16, 0.5, [0.0, 0.0, 50.0, 50.0]),
+                ],
+            }],
+        )
+    }
+
+    #[test]
+    fn round_trip_and_corruption_is_loud() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("m.golden.json");
+        let g = file();
+        g.save(&p).unwrap();
+        assert_eq!(GoldenFile::load(&p).unwrap(), g);
+
+        let text = std::fs::read_to_string(&p).unwrap();
+        let flipped = text.replacen("0.8765", "0.8766", 1);
+        assert_ne!(flipped, text);
+        std::fs::write(&p, &flipped).unwrap();
+        let e = GoldenFile::load(&p).unwrap_err();
+        assert!(matches!(e, SelfTestError::Checksum { .. }));
+        assert!(
+            e.to_string().contains("corrupt") && e.to_string().contains("m.golden.json"),
+            "{e}"
+        );
+
+        std::fs::write(&p, &text[..text.len() / 2]).unwrap();
+        let e = GoldenFile::load(&p).unwrap_err();
+        assert!(
+            matches!(e, SelfTestError::Parse { .. }) && e.to_string().contains("m.golden.json"),
+            "{e}"
+        );
+
+        std::fs::write(&p, text.replacen("\"format\": 1", "\"format\": 1, \"extra\": 2", 1)).unwrap();
+        assert!(matches!(GoldenFile::load(&p).unwrap_err(), SelfTestError::Parse { .. }));
+
+        let mut g2 = file();
+        g2.format = 2;
+        g2.checksum = g2.compute_checksum();
+        g2.save(&p).unwrap();
+        assert!(matches!(
+            GoldenFile::load(&p).unwrap_err(),
+            SelfTestError::Format { found: 2, .. }
+        ));
+
+        let mut g3 = file();
+        g3.images[0].file = "../x.jpg".into();
+        g3.checksum = g3.compute_checksum();
+        g3.save(&p).unwrap();
+        assert!(matches!(
+            GoldenFile::load(&p).unwrap_err(),
+            SelfTestError::Invalid { .. }
+        ));
+
+        let img = &file().images[0];
+        assert!(verify_image_bytes(img, b"image").is_ok());
+        assert!(verify_image_bytes(img, b"imagf").unwrap_err().contains("changed"));
+        assert_eq!(file().image_path(&p, img), t.path().join("golden/a.jpg"));
+    }
+
+    #[test]
+    fn matching_rules() {
+        let tol = Tolerance::default();
+        let golden = vec![
+            d(0, 0.9, [0.0, 0.0, 100.0, 100.0]),
+            d(1, 0.6, [200.0, 200.0, 300.0, 300.0]),
+        ];
+        assert!(compare(&golden, &golden, &tol).is_empty());
+
+        // Box shifted: IoU 0.85 (< 0.9) -> missing + extra.
+        let mut moved = golden.clone();
+        moved[0].bbox = [0.0, 0.0, 100.0, 85.0];
+        let m = compare(&golden, &moved, &tol);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(matches!(&m[0], Mismatch::Missing { closest: Some((_, iou)), .. } if (*iou - 0.85).abs() < 1e-4));
+        assert!(m[0].to_string().contains("IoU 0.85"), "{}", m[0]);
+        assert!(matches!(m[1], Mismatch::Extra { .. }));
+
+        let mut score = golden.clone();
+        score[1].score = 0.68;
+        assert_eq!(compare(&golden, &score, &tol).len(), 2);
+
+        let mut class = golden.clone();
+        class[1].class_id = 2;
+        class[1].label = "c2".into();
+        let m = compare(&golden, &class, &tol);
+        assert!(m[0].to_string().contains("no same-class detection"), "{}", m[0]);
+        assert!(m[1].to_string().starts_with("unexpected c2"), "{}", m[1]);
+
+        // Borderline: 0.28 reference vs 0.31 run, same box: within tolerance.
+        let a = vec![d(0, 0.28, [0.0, 0.0, 10.0, 10.0])];
+        let b = vec![d(0, 0.31, [0.0, 0.0, 10.0, 10.0])];
+        assert!(compare(&a, &b, &tol).is_empty());
+        assert!(compare(&b, &a, &tol).is_empty());
+
+        let mut extra = golden.clone();
+        extra.push(d(3, 0.9, [500.0, 500.0, 600.0, 600.0]));
+        assert!(matches!(compare(&golden, &extra, &tol)[..], [Mismatch::Extra { .. }]));
+        let mut weak = golden.clone();
+        weak.push(d(3, 0.2, [500.0, 500.0, 600.0, 600.0]));
+        assert!(compare(&golden, &weak, &tol).is_empty());
+
+        let report = SelfTestReport {
+            images: vec![ImageOutcome {
+                file: "a.jpg".into(),
+                mismatches: compare(&golden, &moved, &tol),
+                expected: 2,
+                got: 2,
+            }],
+            tolerance: tol,
+        };
+        assert!(!report.passed());
+        assert!(
+            report.summary().starts_with("self-test FAILED on 1 of 1 images"),
+            "{}",
+            report.summary()
+        );
+    }
+
+    #[test]
+    fn fp16_models_use_their_fp32_parents_golden_file() {
+        assert_eq!(
+            default_golden_path(Path::new("m/yolov3-tiny-416-fp16.onnx")),
+            [
+                PathBuf::from("m/yolov3-tiny-416-fp16.golden.json"),
+                PathBuf::from("m/yolov3-tiny-416.golden.json")
+            ]
+        );
+        assert_eq!(
+            default_golden_path(Path::new("m/x.onnx")),
+            [PathBuf::from("m/x.golden.json")]
+        );
+    }
+}
