@@ -221,8 +221,7 @@ impl EpOptions {
                 "list at least one of tensorrt, cuda, cpu".into(),
             ));
         }
-        if let Some((i, k)) = p.iter().enumerate().find(|(i, k)| p[..*i].contains(k)) {
-            let _ = i;
+        if let Some((_, k)) = p.iter().enumerate().find(|(i, k)| p[..*i].contains(k)) {
             return Err(("runtime.execution_providers", format!("{k} is listed twice")));
         }
         if let Some(i) = p.iter().position(|k| *k == EpKind::Cpu) {
@@ -404,8 +403,12 @@ pub struct Facts<'a> {
     pub available: &'a [String],
     /// Where ONNX Runtime was loaded from (for messages).
     pub library: &'a Path,
+    /// The CUDA driver ("driver 12.2") or why not.
     pub cuda: Result<String, String>,
+    /// TensorRT's version ("10.3.0") or why not.
     pub tensorrt: Result<String, String>,
+    /// CUDA devices: (ordinal, name, compute capability "8.7").
+    pub gpus: Vec<(u32, String, String)>,
 }
 
 /// Can `kind` be used here? `Err` says why not, in words a user can act on. Pure.
@@ -467,9 +470,17 @@ pub fn available_providers() -> Vec<String> {
 /// The machine's facts, probed (CUDA driver and TensorRT only when a GPU provider is asked for).
 pub fn probe_facts<'a>(available: &'a [String], library: &'a Path, providers: &[EpKind]) -> Facts<'a> {
     let gpu = providers.iter().any(|k| *k != EpKind::Cpu);
+    let mut gpus = Vec::new();
     let cuda = if gpu {
         match crate::gpu::cuda() {
-            Ok(info) => Ok(format!("driver {}", info.driver_version)),
+            Ok(info) => {
+                gpus = info
+                    .devices
+                    .iter()
+                    .map(|d| (d.ordinal, d.name.clone(), d.compute_capability_string()))
+                    .collect();
+                Ok(format!("driver {}", info.driver_version))
+            }
             Err(e) => Err(e.to_string()),
         }
     } else {
@@ -487,6 +498,7 @@ pub fn probe_facts<'a>(available: &'a [String], library: &'a Path, providers: &[
         library,
         cuda,
         tensorrt,
+        gpus,
     }
 }
 
@@ -549,22 +561,26 @@ pub struct ModelFacts<'a> {
     pub input_shape: [u32; 4],
 }
 
-/// The TensorRT engine-cache key for this machine, model and config (needs CUDA and TensorRT present).
-pub fn engine_key(t: &TensorRtConfig, ort_version: &str, m: &ModelFacts<'_>) -> Result<EngineKey, String> {
-    let cuda = crate::gpu::cuda().as_ref().map_err(|e| e.to_string())?;
-    let dev = cuda
-        .devices
+/// The TensorRT engine-cache key for this machine (`facts`), model and config.
+pub fn engine_key(
+    t: &TensorRtConfig,
+    ort_version: &str,
+    m: &ModelFacts<'_>,
+    facts: &Facts<'_>,
+) -> Result<EngineKey, String> {
+    let (_, gpu_name, cc) = facts
+        .gpus
         .iter()
-        .find(|d| d.ordinal == t.device_id)
-        .ok_or_else(|| format!("no CUDA device {} (found {})", t.device_id, cuda.devices.len()))?;
-    let trt = crate::gpu::probe_tensorrt().map_err(|e| e.to_string())?;
+        .find(|g| g.0 == t.device_id)
+        .ok_or_else(|| format!("no CUDA device {} (found {})", t.device_id, facts.gpus.len()))?;
+    let tensorrt_version = facts.tensorrt.clone()?;
     let model_sha256 = crate::engine_cache::sha256_file(m.path).map_err(|e| format!("{}: {e}", m.path.display()))?;
     Ok(EngineKey {
         model_sha256,
         ort_version: ort_version.to_string(),
-        tensorrt_version: trt.version,
-        gpu_name: dev.name.clone(),
-        compute_capability: dev.compute_capability_string(),
+        tensorrt_version,
+        gpu_name: gpu_name.clone(),
+        compute_capability: cc.clone(),
         precision: t.precision().to_string(),
         input_shape: m.input_shape,
         dla_core: t.dla_core,
@@ -639,7 +655,7 @@ pub fn plan(opts: &EpOptions, facts: &Facts<'_>, ort_version: &str, model: &Mode
             )),
             EpKind::Cuda => entries.push((kind, cuda_dispatch(&opts.cuda))),
             EpKind::Tensorrt => {
-                let key = match engine_key(&opts.tensorrt, ort_version, model) {
+                let key = match engine_key(&opts.tensorrt, ort_version, model, facts) {
                     Ok(k) => k,
                     Err(reason) => {
                         skip(
@@ -740,6 +756,7 @@ pub fn build_engine(cli_ort: Option<&Path>, cfg: &crate::config::Config, force: 
             path: model,
             input_shape,
         },
+        &facts,
     )
     .map_err(anyhow::Error::msg)?;
     let cache = EngineCache::new(
@@ -797,6 +814,7 @@ mod tests {
             library: Path::new("/opt/ort/libonnxruntime.so"),
             cuda: cuda.map(str::to_string).map_err(str::to_string),
             tensorrt: trt.map(str::to_string).map_err(str::to_string),
+            gpus: vec![(0, "Orin".into(), "8.7".into())],
         }
     }
 
@@ -866,6 +884,84 @@ mod tests {
             }
             other => panic!("expected a refusal, got {:?}", other.map(|p| p.skipped)),
         }
+    }
+
+    /// The run-time engine policy with a machine that claims TensorRT (facts injected; no GPU needed): a
+    /// missing engine is built into a staging directory or skipped per `missing_engine`, a valid cached one is
+    /// used, a corrupt one is discarded and rebuilt.
+    #[test]
+    fn engine_policy_at_run_time() {
+        let t = tempfile::tempdir().unwrap();
+        let model = t.path().join("m.onnx");
+        std::fs::write(&model, b"model bytes").unwrap();
+        let gpu = vec![
+            "TensorrtExecutionProvider".to_string(),
+            "CUDAExecutionProvider".to_string(),
+            "CPUExecutionProvider".to_string(),
+        ];
+        let f = facts(&gpu, Ok("driver 12.6"), Ok("10.3.0"));
+        let m = ModelFacts {
+            path: &model,
+            input_shape: [1, 3, 416, 416],
+        };
+        let opts = EpOptions {
+            providers: vec![EpKind::Tensorrt, EpKind::Cuda, EpKind::Cpu],
+            engine_cache_dir: Some(t.path().join("engines")),
+            ..EpOptions::default()
+        };
+        let key = engine_key(&opts.tensorrt, "1.31.1", &m, &f).unwrap();
+        assert_eq!((key.gpu_name.as_str(), key.precision.as_str()), ("Orin", "fp16"));
+        let cache = EngineCache::new(t.path().join("engines"));
+
+        // No engine, "build": TensorRT registered with a staging directory as its cache path.
+        let p = plan(&opts, &f, "1.31.1", &m).unwrap();
+        assert_eq!(
+            p.entries.iter().map(|e| e.0).collect::<Vec<_>>(),
+            [EpKind::Tensorrt, EpKind::Cuda, EpKind::Cpu]
+        );
+        let staging = match &p.engine.as_ref().unwrap().state {
+            EngineState::Building { staging, .. } => staging.dir().to_path_buf(),
+            other => panic!("{other:?}"),
+        };
+        assert!(staging.is_dir() && staging.starts_with(cache.root()));
+        drop(p);
+        assert!(!staging.exists(), "an abandoned build leaves nothing");
+
+        // No engine, "next_ep": TensorRT skipped with the reason, CUDA first.
+        let next = EpOptions {
+            missing_engine: MissingEngine::NextEp,
+            ..opts.clone()
+        };
+        let p = plan(&next, &f, "1.31.1", &m).unwrap();
+        assert_eq!(p.entries[0].0, EpKind::Cuda);
+        assert!(p.skipped[0].reason.contains("kestrel build-engine"), "{:?}", p.skipped);
+        let required = EpOptions {
+            require: Some(EpKind::Tensorrt),
+            ..next
+        };
+        assert!(matches!(
+            plan(&required, &f, "1.31.1", &m),
+            Err(EpError::Required { .. })
+        ));
+
+        // A committed engine is used as it is; the same engine corrupted is discarded and rebuilt.
+        let s = cache.begin(&key).unwrap();
+        std::fs::write(s.dir().join("TensorrtExecutionProvider_x.engine"), b"engine").unwrap();
+        let (dir, _) = s.commit(1.0).unwrap();
+        let p = plan(&opts, &f, "1.31.1", &m).unwrap();
+        assert!(matches!(&p.engine.as_ref().unwrap().state, EngineState::Cached { dir: d } if *d == dir));
+        drop(p);
+        std::fs::write(dir.join("TensorrtExecutionProvider_x.engine"), b"engina").unwrap();
+        let p = plan(&opts, &f, "1.31.1", &m).unwrap();
+        assert!(matches!(
+            &p.engine.as_ref().unwrap().state,
+            EngineState::Building { .. }
+        ));
+        assert!(!dir.exists(), "the corrupt entry was discarded");
+
+        // The engine follows the model: another model file is another key.
+        std::fs::write(&model, b"other model").unwrap();
+        assert_ne!(engine_key(&opts.tensorrt, "1.31.1", &m, &f).unwrap().id(), key.id());
     }
 
     #[test]

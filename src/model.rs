@@ -336,13 +336,9 @@ fn open_session(
         }
         match builder.commit_from_file(path) {
             Ok(session) => {
+                // Nothing registered (e.g. `["cuda"]` alone, skipped): ONNX Runtime's implicit CPU provider runs
+                // it, and the skips say why.
                 let active = registered.first().copied().unwrap_or(EpKind::Cpu);
-                if registered.is_empty() && !ep.providers.contains(&EpKind::Cpu) {
-                    skipped.push(Skipped {
-                        kind: EpKind::Cpu,
-                        reason: "no listed provider could be registered; ONNX Runtime runs the model on the CPU".into(),
-                    });
-                }
                 let engine = plan.engine.take().filter(|_| active == EpKind::Tensorrt);
                 let selection = Selection {
                     active,
