@@ -672,6 +672,14 @@ pub fn plan(opts: &EpOptions, facts: &Facts<'_>, ort_version: &str, model: &Mode
                         .unwrap_or_else(crate::engine_cache::root_from_env),
                 );
                 let timing = cache.timing_cache_dir(&key);
+                if opts.tensorrt.timing_cache {
+                    if let Err(e) = std::fs::create_dir_all(&timing) {
+                        log::warn!(
+                            "TensorRT timing cache {}: {e} (builds will be slower)",
+                            timing.display()
+                        );
+                    }
+                }
                 let state = match cache.lookup(&key) {
                     Lookup::Ready { dir, .. } => {
                         log::info!("TensorRT engine from the cache: {} ({})", dir.display(), key.describe());
