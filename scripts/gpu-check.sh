@@ -65,7 +65,7 @@ check() { # name, status (0 = pass), detail
 }
 
 echo "== machine"
-nvidia-smi -L 2>&1 || echo "(no nvidia-smi)"
+if command -v nvidia-smi >/dev/null; then nvidia-smi -L; else echo "(no nvidia-smi)"; fi
 echo "ONNX Runtime: $ORT_LIB"
 python3 -c "import onnxruntime as o; print('providers:', o.get_available_providers())" 2>/dev/null || true
 
@@ -86,7 +86,7 @@ for ep in cuda tensorrt; do
   fi
 done
 
-if detect plain --ep cuda && detect bound --ep cuda --io-binding; then
+if detect plain --ep cuda --require-ep cuda && detect bound --ep cuda --require-ep cuda --io-binding; then
   if python3 - "$WORK/plain.json" "$WORK/bound.json" <<'EOF'
 import json, sys
 a, b = (json.load(open(p))["detections"] for p in sys.argv[1:3])
