@@ -66,9 +66,9 @@ pub struct BenchArgs {
     /// FP32 model; on CUDA and the CPU it runs the model's FP16 variant (`<stem>-fp16.onnx` beside it).
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "fp32")]
     precision: Vec<String>,
-    /// Feed inference through an IoBinding (what the daemon does by default).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    io_binding: bool,
+    /// Feed inference through an IoBinding (what the daemon does by default); `true,false` gives one row each.
+    #[arg(long, value_name = "BOOLS", value_delimiter = ',', default_value = "true")]
+    io_binding: Vec<bool>,
 }
 
 /// The model file and TensorRT precision flag for a (model, provider, precision) row.
@@ -196,6 +196,7 @@ impl RowBench {
         model: &Path,
         ep: EpKind,
         trt_fp16: bool,
+        io_binding: bool,
         frames: &[Vec<u8>],
     ) -> anyhow::Result<Self> {
         let rt = runtime::init(ort)?;
@@ -215,7 +216,7 @@ impl RowBench {
             intra_threads: intra,
             spinning: false,
             ep: ep_opts,
-            io_binding: a.io_binding,
+            io_binding,
             ..SessionOptions::default()
         };
         let mut bare = Detector::load(rt, model, None, &opts)?;
@@ -336,6 +337,16 @@ impl RowBench {
     }
 }
 
+fn row_label(r: &Row) -> String {
+    format!(
+        "{} {}{} {}",
+        short_name(&r.model),
+        r.ep,
+        if r.io_binding { "+iob" } else { "" },
+        r.precision
+    )
+}
+
 fn short_name(model: &str) -> String {
     Path::new(model)
         .file_name()
@@ -362,9 +373,11 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
         for m in &a.models {
             for &ep in &a.ep {
                 for p in &a.precision {
-                    let (file, trt_fp16) = model_for(m, ep, p)?;
-                    report!("loading {} on {ep} ({p})", file.display());
-                    benches.push(RowBench::new(ort, a, &file, ep, trt_fp16, &frames)?);
+                    for &iob in &a.io_binding {
+                        let (file, trt_fp16) = model_for(m, ep, p)?;
+                        report!("loading {} on {ep} ({p}, IoBinding {iob})", file.display());
+                        benches.push(RowBench::new(ort, a, &file, ep, trt_fp16, iob, &frames)?);
+                    }
                 }
             }
         }
@@ -424,13 +437,9 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
                     .collect();
                 let s = Spread::of(&ratios);
                 outln!(
-                    "{what}, {} {} {} / {} {} {}: {:.3} [{:.3}–{:.3}] (ratio within each repetition)",
-                    short_name(&r.model),
-                    r.ep,
-                    r.precision,
-                    short_name(&rows[0].model),
-                    rows[0].ep,
-                    rows[0].precision,
+                    "{what}, {} / {}: {:.3} [{:.3}–{:.3}] (ratio within each repetition)",
+                    row_label(r),
+                    row_label(&rows[0]),
                     s.median,
                     s.min,
                     s.max

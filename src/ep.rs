@@ -212,6 +212,17 @@ impl Default for EpOptions {
 }
 
 impl EpOptions {
+    /// `kind` cannot be used because of `reason`: a refusal ([`EpError::Required`]) when it is `require_ep`,
+    /// else a WARN and a record in `skipped`.
+    pub fn skip(&self, skipped: &mut Vec<Skipped>, kind: EpKind, reason: String) -> Result<(), EpError> {
+        if self.require == Some(kind) {
+            return Err(EpError::Required { kind, reason });
+        }
+        log::warn!("execution provider {kind} skipped: {reason}");
+        skipped.push(Skipped { kind, reason });
+        Ok(())
+    }
+
     /// Check the list and per-provider settings; `Err((field, reason))` names the `runtime.*` field.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let p = &self.providers;
@@ -632,14 +643,7 @@ pub fn plan(opts: &EpOptions, facts: &Facts<'_>, ort_version: &str, model: &Mode
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
     let mut engine = None;
-    let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: String| -> Result<(), EpError> {
-        if opts.require == Some(kind) {
-            return Err(EpError::Required { kind, reason });
-        }
-        log::warn!("execution provider {kind} skipped: {reason}");
-        skipped.push(Skipped { kind, reason });
-        Ok(())
-    };
+    let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: String| opts.skip(skipped, kind, reason);
     for &kind in &opts.providers {
         if let Err(reason) = precheck(kind, facts) {
             skip(&mut skipped, kind, reason)?;

@@ -296,12 +296,7 @@ fn open_session(
     let mut skipped = std::mem::take(&mut plan.skipped);
     let mut entries = plan.entries;
     let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: String| -> Result<(), ModelError> {
-        if ep.require == Some(kind) {
-            return Err(EpError::Required { kind, reason }.into());
-        }
-        log::warn!("execution provider {kind} skipped: {reason}");
-        skipped.push(Skipped { kind, reason });
-        Ok(())
+        Ok(ep.skip(skipped, kind, reason)?)
     };
     let building = plan
         .engine
