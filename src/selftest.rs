@@ -13,14 +13,19 @@ use crate::engine_cache::sha256_hex;
 /// Golden file format version.
 pub const GOLDEN_FORMAT: u32 = 1;
 
+/// Why a golden file (or a golden image) could not be used. Every variant names the file.
 #[derive(Debug, Error)]
 pub enum SelfTestError {
+    /// The golden file or a golden image could not be read.
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// Not valid JSON, truncated, or not the golden-file schema (unknown or missing fields).
     #[error("golden file {path} is corrupt: {message} (regenerate it with `kestrel golden`)")]
     Parse { path: PathBuf, message: String },
+    /// A format version this build does not read.
     #[error("golden file {path}: format {found}, this kestrel reads format {GOLDEN_FORMAT}")]
     Format { path: PathBuf, found: u32 },
+    /// The stored checksum is not the one computed from the content: the file was altered.
     #[error(
         "golden file {path} is corrupt: checksum mismatch (stored {expected}, computed {computed}); regenerate \
          it with `kestrel golden`"
@@ -30,8 +35,11 @@ pub enum SelfTestError {
         expected: String,
         computed: String,
     },
+    /// Parsed and checksummed but unusable (no images, a bad detection, a bad image path or threshold), or a
+    /// golden image whose bytes changed.
     #[error("golden file {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// The golden file could not be written.
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -40,9 +48,13 @@ pub enum SelfTestError {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoldenDetection {
+    /// Class index into the model's labels.
     pub class_id: u32,
+    /// Class name (for messages; matching uses `class_id`).
     pub label: String,
+    /// Confidence in `0..=1`.
     pub score: f32,
+    /// `[x1, y1, x2, y2]` in source-image pixels.
     #[serde(rename = "box")]
     pub bbox: [f32; 4],
 }
@@ -75,9 +87,13 @@ impl std::fmt::Display for GoldenDetection {
 pub struct GoldenImage {
     /// Relative to the golden file's directory, '/'-separated.
     pub file: String,
+    /// Lowercase hex SHA-256 of the image file's bytes.
     pub sha256: String,
+    /// Decoded width in pixels.
     pub width: u32,
+    /// Decoded height in pixels.
     pub height: u32,
+    /// The FP32 reference detections, highest score first.
     pub detections: Vec<GoldenDetection>,
 }
 
@@ -85,13 +101,21 @@ pub struct GoldenImage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Reference {
+    /// The reference model's file name (no directory).
     pub model_file: String,
+    /// Lowercase hex SHA-256 of the reference model file.
     pub model_sha256: String,
+    /// Precision the reference ran at (`"fp32"`).
     pub precision: String,
+    /// Execution provider the reference ran on (`"cpu"`).
     pub execution_provider: String,
+    /// Confidence threshold used (the self-test runs at the same one).
     pub conf: f32,
+    /// NMS IoU threshold used (the self-test runs at the same one).
     pub iou: f32,
+    /// `CARGO_PKG_VERSION` of the kestrel that made the file.
     pub kestrel_version: String,
+    /// ONNX Runtime version that made the file.
     pub ort_version: String,
 }
 
@@ -99,13 +123,18 @@ pub struct Reference {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GoldenFile {
+    /// [`GOLDEN_FORMAT`].
     pub format: u32,
+    /// How the reference was made.
     pub reference: Reference,
+    /// The golden images, at least one.
     pub images: Vec<GoldenImage>,
-    /// SHA-256 of the canonical JSON of everything above.
+    /// Lowercase hex SHA-256 of the canonical JSON of everything above.
     pub checksum: String,
 }
 
+/// [`GoldenFile`] without its checksum, borrowed: the checksummed view. Same field order, so `serde_json::to_vec`
+/// of it is canonical.
 #[derive(Serialize)]
 struct Checked<'a> {
     format: u32,
@@ -114,6 +143,7 @@ struct Checked<'a> {
 }
 
 impl GoldenFile {
+    /// A file of the current [`GOLDEN_FORMAT`] with its checksum computed.
     pub fn new(reference: Reference, images: Vec<GoldenImage>) -> Self {
         let mut g = Self {
             format: GOLDEN_FORMAT,
@@ -125,7 +155,9 @@ impl GoldenFile {
         g
     }
 
-    /// SHA-256 of the canonical serialisation of everything but the checksum.
+    /// Lowercase hex SHA-256 of the canonical (compact) JSON of everything but the checksum. Floats are written in
+    /// their shortest round-tripping form, so a saved and reloaded file computes the same checksum. (Serialising
+    /// these plain structs cannot fail; the empty fallback would only make the checksum mismatch, never pass.)
     pub fn compute_checksum(&self) -> String {
         let c = Checked {
             format: self.format,
@@ -135,13 +167,15 @@ impl GoldenFile {
         sha256_hex(&serde_json::to_vec(&c).unwrap_or_default())
     }
 
+    /// The file's bytes as saved: pretty JSON plus a trailing newline.
     pub fn to_json_pretty(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
         v.push(b'\n');
         v
     }
 
-    /// Write atomically (temporary file in the same directory, fsync, rename).
+    /// Write atomically: a temporary file in the same directory, `sync_all`, rename over `path`, then a
+    /// best-effort fsync of the directory. On failure the temporary file is removed and `path` is untouched.
     pub fn save(&self, path: &Path) -> Result<(), SelfTestError> {
         use std::io::Write as _;
         let werr = |source| SelfTestError::Write {
@@ -149,13 +183,28 @@ impl GoldenFile {
             source,
         };
         let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let mut f = std::fs::File::create(&tmp).map_err(werr)?;
-        f.write_all(&self.to_json_pretty()).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        std::fs::rename(&tmp, path).map_err(werr)
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&self.to_json_pretty())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            // The temporary file may not exist (create failed); nothing else to report.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(werr(e));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
     }
 
-    /// Read and check: parses, format, checksum, at least one image, sane scores and boxes.
+    /// Read and check, in this order: parses (unknown fields refused), format is [`GOLDEN_FORMAT`], checksum
+    /// matches, the reference thresholds are in `0..=1`, at least one image, every image path relative and below
+    /// the file, every score finite in `0..=1` and every box finite with `x1 <= x2`, `y1 <= y2`.
     pub fn load(path: &Path) -> Result<Self, SelfTestError> {
         let text = std::fs::read(path).map_err(|source| SelfTestError::Read {
             path: path.to_path_buf(),
@@ -183,6 +232,11 @@ impl GoldenFile {
             path: path.to_path_buf(),
             reason,
         };
+        for (name, v) in [("conf", g.reference.conf), ("iou", g.reference.iou)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(invalid(format!("reference {name} {v} is not in 0..=1")));
+            }
+        }
         if g.images.is_empty() {
             return Err(invalid("no images".into()));
         }
@@ -204,13 +258,14 @@ impl GoldenFile {
         Ok(g)
     }
 
-    /// Where an image of this file is.
+    /// Where `img` is: its `file` joined to the golden file's directory.
     pub fn image_path(&self, golden_path: &Path, img: &GoldenImage) -> PathBuf {
         golden_path.parent().unwrap_or(Path::new(".")).join(&img.file)
     }
 }
 
-/// The image's bytes must be the ones the reference was made from.
+/// The image's bytes must be the ones the reference was made from (SHA-256 equal to `img.sha256`); the error
+/// says both hashes.
 pub fn verify_image_bytes(img: &GoldenImage, bytes: &[u8]) -> Result<(), String> {
     let got = sha256_hex(bytes);
     if got == img.sha256 {
@@ -241,10 +296,12 @@ pub fn default_golden_path(model: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Matching rule.
+/// Matching rule (default: IoU ≥ 0.9, score ± 0.05, for detections scoring ≥ 0.3).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tolerance {
+    /// Least IoU between a reference box and its same-class match.
     pub min_iou: f32,
+    /// Largest absolute score difference between a detection and its match.
     pub score_abs: f32,
     /// Only detections scoring at least this, on either side, must be matched.
     pub min_score: f32,
@@ -345,20 +402,27 @@ pub fn compare(golden: &[GoldenDetection], got: &[GoldenDetection], tol: &Tolera
 /// One image's outcome.
 #[derive(Clone, Debug)]
 pub struct ImageOutcome {
+    /// The image's `file` as in the golden file.
     pub file: String,
+    /// What did not match; empty when the image passed.
     pub mismatches: Vec<Mismatch>,
+    /// Reference detections (all scores).
     pub expected: usize,
+    /// Detections of the run under test (all scores).
     pub got: usize,
 }
 
 /// The whole self-test.
 #[derive(Clone, Debug)]
 pub struct SelfTestReport {
+    /// One outcome per golden image, in the golden file's order.
     pub images: Vec<ImageOutcome>,
+    /// The rule the images were compared with.
     pub tolerance: Tolerance,
 }
 
 impl SelfTestReport {
+    /// No image has a mismatch.
     pub fn passed(&self) -> bool {
         self.images.iter().all(|i| i.mismatches.is_empty())
     }
@@ -367,10 +431,11 @@ impl SelfTestReport {
     pub fn summary(&self) -> String {
         let t = &self.tolerance;
         if self.passed() {
-            let n: usize = self.images.iter().map(|i| i.expected).sum();
+            let expected: usize = self.images.iter().map(|i| i.expected).sum();
+            let got: usize = self.images.iter().map(|i| i.got).sum();
             return format!(
-                "self-test passed: {} images, {n} reference detections reproduced (IoU ≥ {:.2}, score ± {:.2} \
-                 for scores ≥ {:.2})",
+                "self-test passed: {} images, {expected} reference / {got} detections agree (IoU ≥ {:.2}, \
+                 score ± {:.2} for scores ≥ {:.2})",
                 self.images.len(),
                 t.min_iou,
                 t.score_abs,
@@ -773,6 +838,129 @@ mod tests {
     }
 
     #[test]
+    fn awkward_floats_round_trip_through_the_checksum() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f.golden.json");
+        let mut g = file();
+        g.reference.conf = 0.1 + 0.2;
+        g.images[0].detections[0].score = 1.0 / 3.0;
+        g.images[0].detections[0].bbox = [1e-7, 0.1 + 0.7, 123_456.79, f32::MAX];
+        let g = GoldenFile::new(g.reference, g.images);
+        g.save(&p).unwrap();
+        let back = GoldenFile::load(&p).unwrap();
+        assert_eq!(back, g);
+        assert_eq!(back.compute_checksum(), g.checksum);
+        assert_eq!(g.checksum.len(), 64);
+        assert!(g
+            .checksum
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+    }
+
+    #[test]
+    fn unusable_contents_are_invalid_and_name_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("bad.golden.json");
+        type Break = fn(&mut GoldenFile);
+        let cases: [(&str, Break); 5] = [
+            ("score above 1", |g| g.images[0].detections[0].score = 1.5),
+            ("negative score", |g| g.images[0].detections[1].score = -0.1),
+            ("x1 > x2", |g| {
+                g.images[0].detections[0].bbox = [120.0, 20.0, 110.0, 220.0]
+            }),
+            ("no images", |g| g.images.clear()),
+            ("conf above 1", |g| g.reference.conf = 1.5),
+        ];
+        for (what, change) in cases {
+            let mut g = file();
+            change(&mut g);
+            g.checksum = g.compute_checksum();
+            g.save(&p).unwrap();
+            let e = GoldenFile::load(&p).unwrap_err();
+            assert!(matches!(e, SelfTestError::Invalid { .. }), "{what}: {e:?}");
+            assert!(e.to_string().contains("bad.golden.json"), "{what}: {e}");
+        }
+        let e = GoldenFile::load(&t.path().join("absent.golden.json")).unwrap_err();
+        assert!(
+            matches!(e, SelfTestError::Read { .. }) && e.to_string().contains("absent.golden.json"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn failed_save_leaves_no_temporary_file() {
+        let t = tempfile::tempdir().unwrap();
+        // The target is a directory: the rename fails after the temporary file was written.
+        let p = t.path().join("x.golden.json");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("keep"), b"k").unwrap();
+        let e = file().save(&p).unwrap_err();
+        assert!(
+            matches!(e, SelfTestError::Write { .. }) && e.to_string().contains("x.golden.json"),
+            "{e}"
+        );
+        let names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("x.golden.json")]);
+    }
+
+    #[test]
+    fn mismatch_kinds_and_messages() {
+        let tol = Tolerance::default();
+        let golden = vec![d(0, 0.9, [0.0, 0.0, 100.0, 100.0])];
+
+        // Score off by 0.08 on the same box: the reference is missing and the run's detection is unexpected.
+        let got = vec![d(0, 0.82, [0.0, 0.0, 100.0, 100.0])];
+        let m = compare(&golden, &got, &tol);
+        assert!(
+            matches!(&m[..], [Mismatch::Missing { closest: Some((c, iou)), .. }, Mismatch::Extra { got: x }]
+                if *iou == 1.0 && c.score == 0.82 && x.score == 0.82),
+            "{m:?}"
+        );
+        assert_eq!(
+            m[0].to_string(),
+            "missing c0 0.900 [0, 0, 100, 100]: best same-class match IoU 1.00 score 0.820"
+        );
+        assert_eq!(m[1].to_string(), "unexpected c0 0.820 [0, 0, 100, 100]");
+        // Within the tolerance the same pair passes.
+        assert!(compare(&golden, &[d(0, 0.86, [0.0, 0.0, 100.0, 100.0])], &tol).is_empty());
+
+        // One-to-one: two reference boxes cannot both be matched by one detection.
+        let twins = vec![
+            d(0, 0.9, [0.0, 0.0, 100.0, 100.0]),
+            d(0, 0.88, [0.0, 0.0, 100.0, 100.0]),
+        ];
+        let m = compare(&twins, &golden, &tol);
+        assert!(
+            matches!(&m[..], [Mismatch::Missing { expected, closest: None }] if expected.score == 0.88),
+            "{m:?}"
+        );
+
+        // Below min_score on both sides: never required.
+        let weak = vec![d(0, 0.2, [0.0, 0.0, 10.0, 10.0])];
+        assert!(compare(&weak, &[], &tol).is_empty() && compare(&[], &weak, &tol).is_empty());
+        assert_eq!(compare(&golden, &[], &tol).len(), 1);
+
+        let ok = SelfTestReport {
+            images: vec![ImageOutcome {
+                file: "a.jpg".into(),
+                mismatches: vec![],
+                expected: 1,
+                got: 1,
+            }],
+            tolerance: tol,
+        };
+        assert!(ok.passed());
+        let s = ok.summary();
+        assert!(
+            s.starts_with("self-test passed: 1 images") && s.contains("IoU ≥ 0.90, score ± 0.05"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn fp16_models_use_their_fp32_parents_golden_file() {
         assert_eq!(
             default_golden_path(Path::new("m/yolov3-tiny-416-fp16.onnx")),
@@ -784,6 +972,15 @@ mod tests {
         assert_eq!(
             default_golden_path(Path::new("m/x.onnx")),
             [PathBuf::from("m/x.golden.json")]
+        );
+        assert_eq!(
+            default_golden_path(Path::new("m/x_f16.onnx")),
+            [PathBuf::from("m/x_f16.golden.json"), PathBuf::from("m/x.golden.json")]
+        );
+        // A stem that is only the suffix has no parent.
+        assert_eq!(
+            default_golden_path(Path::new("-fp16.onnx")),
+            [PathBuf::from("-fp16.golden.json")]
         );
     }
 }

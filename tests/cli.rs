@@ -155,14 +155,26 @@ fn runtime_search_lists_every_place_tried() {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("kestrel");
     std::fs::copy(env!("CARGO_BIN_EXE_kestrel"), &exe).unwrap();
-    let out = Command::new(&exe)
-        .current_dir(dir.path())
-        .env("HOME", dir.path())
-        .env_remove("ORT_DYLIB_PATH")
-        .env_remove("VIRTUAL_ENV")
-        .args(["detect", "x.jpg"])
-        .output()
-        .unwrap();
+    // Another test thread forking while the copy's write descriptor was open gives its child that descriptor
+    // for a moment: exec then fails with ETXTBSY (26) until the child has exec'ed. Retry briefly.
+    let out = (0..50)
+        .find_map(|_| {
+            match Command::new(&exe)
+                .current_dir(dir.path())
+                .env("HOME", dir.path())
+                .env_remove("ORT_DYLIB_PATH")
+                .env_remove("VIRTUAL_ENV")
+                .args(["detect", "x.jpg"])
+                .output()
+            {
+                Err(e) if e.raw_os_error() == Some(26) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                }
+                other => Some(other.unwrap()),
+            }
+        })
+        .expect("the copied binary stayed busy (ETXTBSY) for 1 s");
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     for place in [
