@@ -178,6 +178,7 @@ pub fn start(
             camera: src.name().to_string(),
             execution_provider: detector.selection.active.name().into(),
             execution_provider_fallback: detector.selection.fallback_note(),
+            execution_precision: Some(detector.selection.precision.clone()),
             intrinsics: cfg.intrinsics.is_some(),
             format: cfg.publish.format,
             status_interval_ms: cfg.publish.status_interval_ms,

@@ -186,6 +186,7 @@ fn daemon_refuses_a_required_gpu_and_reports_a_fallback_in_hello_and_status() {
     }
     let (hello, status) = (hello.unwrap(), status.unwrap());
     assert_eq!(hello.execution_provider, "cpu");
+    assert_eq!(hello.execution_precision.as_deref(), Some("fp32"));
     assert_eq!(status.execution_provider, "cpu");
     let note = hello.execution_provider_fallback.clone().unwrap();
     assert!(note.starts_with("running on cpu because cuda: "), "{note}");

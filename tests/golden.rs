@@ -29,6 +29,7 @@ fn hello(format: Format) -> Hello {
         camera: "v4l2:/dev/video0".into(),
         execution_provider: "cpu".into(),
         execution_provider_fallback: None,
+        execution_precision: None,
         intrinsics: true,
         format,
         status_interval_ms: 1000,

@@ -133,6 +133,10 @@ pub struct Hello {
     /// Present when a provider listed before it could not be used: which, and why (the WARN of the start-up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_provider_fallback: Option<String>,
+    /// What the provider computes in: "fp32", "fp16" (an FP16 model, or a TensorRT FP16 engine built from an
+    /// FP32 model) or "int8". `model.precision` is the model's input type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_precision: Option<String>,
     pub intrinsics: bool,
     pub format: Format,
     /// Interval of `status` messages.
