@@ -306,24 +306,42 @@ impl EngineCache {
         })
     }
 
+    /// Remove what dead processes left behind: unfinished builds (`.staging-`), entries moved aside by a commit
+    /// (`.old-`) or by a discard that could not delete them (`.discarded-`). Each name carries the pid; a
+    /// directory of a live process (another kestrel building right now) is left alone.
     fn remove_stale_staging(&self) {
         let Ok(rd) = std::fs::read_dir(&self.root) else {
             return;
         };
         for e in rd.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(".staging-") else {
+            let Some((what, pid)) = leftover(&name) else {
                 continue;
             };
-            let pid = rest.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
-            if let Some(pid) = pid {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    log::info!("removing an engine build left by process {pid}: {}", e.path().display());
-                    let _ = std::fs::remove_dir_all(e.path());
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                log::info!("removing {what} left by process {pid}: {}", e.path().display());
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    log::warn!("could not remove {}: {err}", e.path().display());
                 }
             }
         }
     }
+}
+
+/// `.staging-<id>-<pid>-<n>`, `.old-<id>-<pid>-<ns>`, `.discarded-<id>-<pid>-<ns>` → (what it is, pid). Pure.
+fn leftover(name: &str) -> Option<(&'static str, u32)> {
+    let (what, rest) = [
+        (".staging-", "an unfinished engine build"),
+        (".old-", "a replaced engine"),
+        (".discarded-", "a discarded engine"),
+    ]
+    .iter()
+    .find_map(|(prefix, what)| name.strip_prefix(prefix).map(|rest| (*what, rest)))?;
+    let mut parts = rest.split('-');
+    let id = parts.next()?;
+    let pid = parts.next()?.parse::<u32>().ok()?;
+    parts.next()?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((what, pid))
 }
 
 fn validate(dir: &Path, key: &EngineKey) -> Result<Manifest, String> {
@@ -416,22 +434,40 @@ impl Staging {
         let final_manifest = dir.join(MANIFEST);
         std::fs::rename(&tmp, &final_manifest).map_err(io(&final_manifest))?;
         fsync_dir(&dir);
-        let mut old = None;
-        if self.entry.exists() {
-            let aside = self
-                .root
-                .join(format!(".old-{}-{}-{}", self.key.id(), std::process::id(), nanos()));
-            std::fs::rename(&self.entry, &aside).map_err(io(&self.entry))?;
-            old = Some(aside);
-        }
-        std::fs::rename(&dir, &self.entry).map_err(io(&self.entry))?;
+        let aside = self
+            .root
+            .join(format!(".old-{}-{}-{}", self.key.id(), std::process::id(), nanos()));
+        // On failure the staging directory is still ours and is removed when `self` drops.
+        replace_dir(&dir, &self.entry, &aside).map_err(io(&self.entry))?;
         self.dir = None;
-        fsync_dir(&self.root);
-        if let Some(old) = old {
-            let _ = std::fs::remove_dir_all(old);
-        }
         Ok((self.entry.clone(), manifest))
     }
+}
+
+/// Move `new` to `entry`, replacing a previous entry: that one is renamed to `aside` first (two directories
+/// cannot be swapped atomically) and removed after the swap; if the swap fails it is renamed back.
+fn replace_dir(new: &Path, entry: &Path, aside: &Path) -> std::io::Result<()> {
+    let had_old = entry.exists();
+    if had_old {
+        std::fs::rename(entry, aside)?;
+    }
+    if let Err(e) = std::fs::rename(new, entry) {
+        if had_old {
+            if let Err(e2) = std::fs::rename(aside, entry) {
+                log::warn!("could not restore the previous engine from {}: {e2}", aside.display());
+            }
+        }
+        return Err(e);
+    }
+    if let Some(root) = entry.parent() {
+        fsync_dir(root);
+    }
+    if had_old {
+        if let Err(e) = std::fs::remove_dir_all(aside) {
+            log::warn!("could not remove the replaced engine {}: {e}", aside.display());
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Staging {
@@ -608,9 +644,78 @@ mod tests {
             .join(format!(".staging-{}-{}-9999", k.id(), std::process::id()));
         std::fs::create_dir(&dead).unwrap();
         std::fs::create_dir(&live).unwrap();
+        let dead_old = t.path().join(format!(".old-{}-999999999-17", k.id()));
+        let dead_discarded = t.path().join(format!(".discarded-{}-999999999-18", k.id()));
+        let live_old = t.path().join(format!(".old-{}-{}-19", k.id(), std::process::id()));
+        let not_ours = t.path().join(".old-notanid-999999999-1");
+        for d in [&dead_old, &dead_discarded, &live_old, &not_ours] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("engine.trt"), b"x").unwrap();
+        }
         let s = cache.begin(&k).unwrap();
         assert!(!dead.exists(), "a dead process's build is removed");
         assert!(live.exists(), "a live process's build is kept");
+        assert!(
+            !dead_old.exists() && !dead_discarded.exists(),
+            "a dead process's moved-aside entries are removed"
+        );
+        assert!(live_old.exists(), "a live process's moved-aside entry is kept");
+        assert!(not_ours.exists(), "a name kestrel does not write is left alone");
         drop(s);
+    }
+
+    #[test]
+    fn leftover_names_parse() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            leftover(&format!(".staging-{id}-42-0")),
+            Some(("an unfinished engine build", 42))
+        );
+        assert_eq!(
+            leftover(&format!(".old-{id}-7-1700000000")),
+            Some(("a replaced engine", 7))
+        );
+        assert_eq!(
+            leftover(&format!(".discarded-{id}-9-5")),
+            Some(("a discarded engine", 9))
+        );
+        assert_eq!(leftover(id), None, "a committed entry is never a leftover");
+        assert_eq!(leftover(&format!(".staging-{id}-x-0")), None);
+        assert_eq!(leftover(&format!(".staging-{id}-42")), None);
+        assert_eq!(leftover(".staging-short-42-0"), None);
+        assert_eq!(leftover("timing-0123456789abcdef"), None);
+    }
+
+    #[test]
+    fn failed_replace_restores_the_previous_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let entry = t.path().join("entry");
+        std::fs::create_dir(&entry).unwrap();
+        std::fs::write(entry.join("engine.trt"), b"first").unwrap();
+        let aside = t.path().join(".old-x");
+        // The new directory does not exist: the final rename fails after the old entry was moved aside.
+        let e = replace_dir(&t.path().join("missing"), &entry, &aside).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        assert_eq!(
+            std::fs::read(entry.join("engine.trt")).unwrap(),
+            b"first",
+            "previous entry restored"
+        );
+        assert!(!aside.exists());
+
+        let new = t.path().join("new");
+        std::fs::create_dir(&new).unwrap();
+        std::fs::write(new.join("engine.trt"), b"second").unwrap();
+        replace_dir(&new, &entry, &aside).unwrap();
+        assert_eq!(std::fs::read(entry.join("engine.trt")).unwrap(), b"second");
+        assert!(
+            !new.exists() && !aside.exists(),
+            "the old entry is removed after the swap"
+        );
+        // No previous entry: a plain rename.
+        std::fs::remove_dir_all(&entry).unwrap();
+        std::fs::create_dir(&new).unwrap();
+        replace_dir(&new, &entry, &aside).unwrap();
+        assert!(entry.is_dir() && !new.exists());
     }
 }

@@ -498,8 +498,9 @@ pub fn probe_facts<'a>(available: &'a [String], library: &'a Path, providers: &[
         Err("not probed".into())
     };
     let tensorrt = if providers.contains(&EpKind::Tensorrt) {
-        crate::gpu::probe_tensorrt()
-            .map(|t| t.version)
+        crate::gpu::tensorrt()
+            .as_ref()
+            .map(|t| t.version.clone())
             .map_err(|e| e.to_string())
     } else {
         Err("not probed".into())

@@ -118,6 +118,9 @@ fn symbol<T: Copy>(lib: &libloading::Library, library: &str, name: &'static str)
 /// Probe the CUDA driver (not cached; see [`cuda`]).
 pub fn probe_cuda() -> Result<CudaInfo, GpuError> {
     let (lib, library) = open_first(&CUDA_LIBS).map_err(|(tried, reason)| GpuError::DriverMissing { tried, reason })?;
+    // Never unloaded, on success or failure: once cuInit has run, the driver has threads and state that a
+    // dlclose would pull the code from under (and ONNX Runtime's CUDA provider uses the same library).
+    let lib = std::mem::ManuallyDrop::new(lib);
     let init: CuInit = symbol(&lib, &library, "cuInit")?;
     let driver_version: CuIntOut = symbol(&lib, &library, "cuDriverGetVersion")?;
     let count: CuIntOut = symbol(&lib, &library, "cuDeviceGetCount")?;
@@ -181,8 +184,6 @@ pub fn probe_cuda() -> Result<CudaInfo, GpuError> {
     if devices.is_empty() {
         return Err(GpuError::NoDevice);
     }
-    // The driver stays loaded for the process (ONNX Runtime's CUDA provider uses it too).
-    std::mem::forget(lib);
     Ok(CudaInfo {
         library,
         driver_version: cuda_version_string(v),
@@ -196,10 +197,13 @@ pub fn cuda() -> &'static Result<CudaInfo, GpuError> {
     CUDA.get_or_init(probe_cuda)
 }
 
-/// Probe TensorRT's library and version.
+/// Probe TensorRT's library and version (not cached; see [`tensorrt`]).
 pub fn probe_tensorrt() -> Result<TensorRtInfo, GpuError> {
     let (lib, library) =
         open_first(&TRT_LIBS).map_err(|(tried, reason)| GpuError::TensorRtMissing { tried, reason })?;
+    // Kept loaded: libnvinfer is large (loading it again costs seconds on a Jetson) and ONNX Runtime's TensorRT
+    // provider loads the same library; unloading it between the two gains nothing.
+    let lib = std::mem::ManuallyDrop::new(lib);
     let version: unsafe extern "C" fn() -> i32 = symbol(&lib, &library, "getInferLibVersion")?;
     // SAFETY: getInferLibVersion takes no arguments and returns the library's version number.
     let v = unsafe { version() };
@@ -207,6 +211,12 @@ pub fn probe_tensorrt() -> Result<TensorRtInfo, GpuError> {
         library,
         version: trt_version_string(v),
     })
+}
+
+/// The TensorRT probe, done once per process.
+pub fn tensorrt() -> &'static Result<TensorRtInfo, GpuError> {
+    static TRT: OnceLock<Result<TensorRtInfo, GpuError>> = OnceLock::new();
+    TRT.get_or_init(probe_tensorrt)
 }
 
 /// One line for logs and bench headers.
@@ -230,7 +240,7 @@ pub fn describe() -> String {
         }
         Err(e) => format!("no CUDA: {e}"),
     };
-    let trt = match probe_tensorrt() {
+    let trt = match tensorrt() {
         Ok(t) => format!("TensorRT {}", t.version),
         Err(e) => format!("no TensorRT: {e}"),
     };
