@@ -326,6 +326,9 @@ impl std::fmt::Display for Snapshot {
             ];
             for (name, v) in counters.iter().filter(|(_, v)| *v > 0) {
                 write!(f, ", {name} {v}")?;
+                if *name == "driver drops" && c.capture_late_drops > 0 {
+                    write!(f, " (capture late {})", c.capture_late_drops)?;
+                }
             }
             if c.last_outage_ms > 0 {
                 write!(f, ", last outage {} ms", c.last_outage_ms)?;

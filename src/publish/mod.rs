@@ -681,6 +681,7 @@ impl Server {
         let camera = m.source();
         if let Some(c) = &camera {
             drops.insert("driver".into(), c.driver_drops);
+            drops.insert("capture_late".into(), c.capture_late_drops);
             drops.insert("corrupt".into(), c.corrupt_frames);
             drops.insert("dequeue_timeouts".into(), c.dequeue_timeouts);
             drops.insert("restarts".into(), c.restarts);

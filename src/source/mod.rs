@@ -61,6 +61,9 @@ pub struct SourceStatus {
     pub losses: AtomicU64,
     /// Frames the driver skipped (gaps in its sequence numbers).
     pub driver_drops: AtomicU64,
+    /// Of `driver_drops`, those kestrel caused: the capture thread stayed away from the driver until its queued
+    /// buffers ran out (see `v4l2::negotiate::LateCapture`). Should stay 0.
+    pub capture_late_drops: AtomicU64,
     /// Buffers the driver flagged as corrupt, or shorter than the format needs; skipped.
     pub corrupt_frames: AtomicU64,
     /// Waits for a frame that hit `dequeue_timeout_ms`.
@@ -81,6 +84,7 @@ impl Default for SourceStatus {
             since_ns: AtomicU64::new(crate::frame::monotonic_ns()),
             losses: AtomicU64::new(0),
             driver_drops: AtomicU64::new(0),
+            capture_late_drops: AtomicU64::new(0),
             corrupt_frames: AtomicU64::new(0),
             dequeue_timeouts: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
@@ -98,6 +102,9 @@ pub struct SourceSnapshot {
     pub state_s: f64,
     pub losses: u64,
     pub driver_drops: u64,
+    /// Of `driver_drops`, those caused by kestrel's capture being late (absent from older messages: 0).
+    #[serde(default)]
+    pub capture_late_drops: u64,
     pub corrupt_frames: u64,
     pub dequeue_timeouts: u64,
     pub restarts: u64,
@@ -136,6 +143,7 @@ impl SourceStatus {
             state_s: crate::frame::monotonic_ns().saturating_sub(since) as f64 * 1e-9,
             losses: self.losses.load(Relaxed),
             driver_drops: self.driver_drops.load(Relaxed),
+            capture_late_drops: self.capture_late_drops.load(Relaxed),
             corrupt_frames: self.corrupt_frames.load(Relaxed),
             dequeue_timeouts: self.dequeue_timeouts.load(Relaxed),
             restarts: self.restarts.load(Relaxed),

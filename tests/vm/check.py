@@ -37,16 +37,16 @@ def last_metrics(log):
     l = lines[-1]
     m = {"line": l}
     for key, pat in [("in", r"frames in (\d+)"), ("out", r"out (\d+)\)"), ("losses", r"losses (\d+)"),
-                     ("restarts", r"restarts (\d+)"), ("driver_drops", r"driver drops (\d+)"),
+                     ("restarts", r"restarts (\d+)"), ("driver_drops", r"driver drops (\d+)"), ("capture_late", r"capture late (\d+)"),
                      ("corrupt", r"corrupt (\d+)"), ("timeouts", r"dequeue timeouts (\d+)")]:
         mm = re.search(pat, l)
         m[key] = int(mm.group(1)) if mm else 0
     return m
 
 
-def drops_in(line):
-    """The cumulative camera driver-drop counter in one metrics line (0 when the line shows none)."""
-    mm = re.search(r"driver drops (\d+)", line)
+def drops_in(line, what="driver drops"):
+    """A cumulative camera counter ("driver drops", "capture late") in one metrics line (0 when not shown)."""
+    mm = re.search(what + r" (\d+)", line)
     return int(mm.group(1)) if mm else 0
 
 
@@ -87,14 +87,21 @@ def main(out_dir):
         check("published rate ~25 fps", 23.5 <= fps <= 26.5, f"{fps:.2f} fps")
         check("no frame missing between consecutive sequence numbers (no silent gaps)", max(deltas) < 100.0,
               f"largest interval {max(deltas):.1f} ms")
-    # Driver drops (V4L2 sequence gaps) are counted from the first periodic metrics line (~2 s after the pipeline
-    # started, like the frame window above) to the final one: under QEMU's software emulation on a loaded host the
-    # guest can miss a buffer while the stream starts; that start-up count is reported, not failed.
+    # A V4L2 sequence gap is a frame the driver did not deliver. Kestrel can only cause one by staying away from
+    # the driver until every queued buffer is full; the source tells those apart ("capture late", must be 0).
+    # The others are the driver's own: vivid numbers frames by elapsed time, so when its timer thread runs late
+    # (the guest's emulated CPU starved by a loaded host) it skips numbers. Those are reported and bounded; the
+    # ones while the stream starts (before the first 2 s metrics line) are reported only.
     periodic = [l for l in log.splitlines() if "kestrel::pipeline" in l and "frames in" in l]
     base = drops_in(periodic[0]) if periodic else 0
+    late_base = drops_in(periodic[0], "capture late") if periodic else 0
     total = met["driver_drops"] if met else -1
-    check("no driver drops at steady state", met is not None and total - base == 0,
-          f"{total - base} after the first metrics interval, {base} before it (during start-up)")
+    late = met["capture_late"] if met else -1
+    check("no frame lost to kestrel's capture at steady state (driver drops caused by a late capture)",
+          late - late_base == 0, f"capture late {late - late_base} after the first metrics interval, "
+          f"{late_base} before it (start-up)")
+    check("driver's own drops at steady state <= 2 % of frames", met is not None and total - base <= 0.02 * span,
+          f"{total - base} after the first metrics interval, {base} before it (start-up), of {span} frames")
     lat = sorted(f["latency_ms"] for f in win)
     if lat:
         print(f"   capture->publish latency: p50 {lat[len(lat) // 2]:.1f} ms, "
@@ -157,6 +164,12 @@ def main(out_dir):
           f"longest gap {gap:.0f} ms")
     check("driver drops counted (50 % dropped for 2 s)", met is not None and met["driver_drops"] >= 10,
           f"{met and met['driver_drops']} driver drops")
+    # The daemon stopped (SIGSTOP) for 0.4 s: vivid fills the 4 queued buffers and drops the rest; those drops
+    # are kestrel's. vivid's own (the 50 % above) must not be blamed on kestrel.
+    late = met["capture_late"] if met else 0
+    check("drops while the daemon was stopped 0.4 s blamed on kestrel's late capture, vivid's own drops not",
+          met is not None and 1 <= late <= met["driver_drops"] - 10,
+          f"capture late {late} of {met and met['driver_drops']} driver drops")
     ctrls = (g / "vivid-controls.txt").read_text() if (g / "vivid-controls.txt").exists() else ""
     if "inject_v4l2_buf_flag_error" in ctrls:
         check("corrupt buffer (V4L2_BUF_FLAG_ERROR) counted and skipped", met is not None and met["corrupt"] >= 1,

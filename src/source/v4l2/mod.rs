@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use v4l::video::Capture;
 use v4l::{Device, FourCC, Fraction};
 
-use self::negotiate::{Backoff, FormatOffer, SequenceGaps, SizeOffer};
+use self::negotiate::{Backoff, FormatOffer, LateCapture, SequenceGaps, SizeOffer};
 use self::stream::{BufferInfo, MmapStream, PixFormat, CAP_STREAMING, CAP_VIDEO_CAPTURE};
 use super::{take_buffer, Source, SourceError, SourceState, SourceStatus, POLL};
 use crate::config::{CameraFormat, SourceConfig};
@@ -120,7 +120,11 @@ struct Camera {
     stream: MmapStream,
     fmt: Negotiated,
     gaps: SequenceGaps,
+    late: LateCapture,
+    /// When the capture last dequeued a buffer (or opened the stream).
     last_frame: Instant,
+    /// When it came back to wait on the driver after that (`None`: not yet).
+    waiting_since: Option<Instant>,
 }
 
 pub struct V4l2Source {
@@ -144,6 +148,7 @@ pub struct V4l2Source {
     last_capture_ns: u64,
     seq: u64,
     corrupt_log: crate::pipeline::RateLimitedLog,
+    late_log: crate::pipeline::RateLimitedLog,
 }
 
 impl V4l2Source {
@@ -169,6 +174,7 @@ impl V4l2Source {
             last_capture_ns: 0,
             seq: 0,
             corrupt_log: crate::pipeline::RateLimitedLog::new("corrupt camera frame skipped"),
+            late_log: crate::pipeline::RateLimitedLog::new("camera frames lost to a late capture"),
         };
         match s.try_open() {
             Ok(()) => {}
@@ -365,7 +371,9 @@ fn open_camera(cfg: &CameraConfig) -> Result<Camera, OpenError> {
         stream,
         fmt: Negotiated { fps, ..fmt },
         gaps: SequenceGaps::default(),
+        late: LateCapture::default(),
         last_frame: Instant::now(),
+        waiting_since: None,
     })
 }
 
@@ -536,6 +544,7 @@ impl Source for V4l2Source {
                 continue;
             };
             let fmt = cam.fmt;
+            cam.waiting_since.get_or_insert_with(Instant::now);
             let res = cam
                 .stream
                 .next_with(POLL, |data, info: BufferInfo| -> Result<BufferInfo, String> {
@@ -547,15 +556,35 @@ impl Source for V4l2Source {
                 });
             match res {
                 Ok(Some(Ok(info))) => {
+                    let now = monotonic_ns();
+                    // How late this dequeue was: the time the capture spent away from the driver before it
+                    // came back to wait, or — when the whole process was held up (descheduled, stopped) while
+                    // "waiting" — how long the buffer had been done before we took it.
+                    let away = cam
+                        .waiting_since
+                        .take()
+                        .map_or(Duration::ZERO, |w| w.saturating_duration_since(cam.last_frame))
+                        .max(Duration::from_nanos(
+                            info.monotonic_ns.map_or(0, |t| now.saturating_sub(t)),
+                        ));
                     cam.last_frame = Instant::now();
                     let missed = cam.gaps.observe(info.sequence);
+                    let buffers = cam.stream.buffer_count() as u32;
+                    let ours = cam.late.observe(now, away, missed, buffers, fmt.fps);
                     if missed > 0 {
                         self.status.driver_drops.fetch_add(missed, Relaxed);
+                    }
+                    if ours > 0 {
+                        self.status.capture_late_drops.fetch_add(ours, Relaxed);
+                        self.late_log.warn(&format!(
+                            "the driver dropped {ours} frame(s) because kestrel's capture was away {} ms \
+                             (longer than its {buffers} buffers last)",
+                            cam.late.last_absence().as_millis()
+                        ));
                     }
                     // The kernel timestamp when it is CLOCK_MONOTONIC, but never later than now (a frame cannot be
                     // captured after we dequeued it; vivid stamps the nominal end of the frame period) nor
                     // earlier than the previous frame.
-                    let now = monotonic_ns();
                     let stamped = info.monotonic_ns.unwrap_or(now);
                     if stamped > now && !self.warned_future_ts {
                         self.warned_future_ts = true;
@@ -585,6 +614,7 @@ impl Source for V4l2Source {
                 }
                 Ok(Some(Err(why))) => {
                     cam.last_frame = Instant::now();
+                    cam.waiting_since = None;
                     self.status.corrupt_frames.fetch_add(1, Relaxed);
                     self.corrupt_log.warn(&why);
                     self.spare = Some(buf);

@@ -136,6 +136,46 @@ impl Backoff {
     }
 }
 
+/// Tells the drops kestrel caused from the driver's own. The driver can only skip a frame for want of a queued
+/// buffer if the capture thread stayed away from it — copying out, or waiting for a free frame buffer — about
+/// as long as the queued buffers last; kestrel re-queues every buffer before it returns a frame, so while the
+/// capture thread waits in `poll` every buffer is the driver's. The caller measures the absence as the longer
+/// of the time away from `poll` and the age of the dequeued buffer (a process that was descheduled or stopped
+/// while "waiting" finds old buffers). A gap seen within (buffers + 1) frame periods of a long absence is
+/// counted as kestrel's (`capture_late`); any other gap is the driver's (a device that dropped frames itself,
+/// or a driver timer that ran late).
+#[derive(Clone, Debug, Default)]
+pub struct LateCapture {
+    /// CLOCK_MONOTONIC ns of the last dequeue that followed a long absence.
+    last_long_away_ns: Option<u64>,
+    /// How long that absence was.
+    last_long_away: Duration,
+}
+
+impl LateCapture {
+    /// Record one dequeue at `now_ns`, after the capture thread was away from the driver for `away`, with
+    /// `missed` frames skipped before it; returns how many of those kestrel caused. `fps` ≤ 0 (the driver did
+    /// not say) is taken as 30.
+    pub fn observe(&mut self, now_ns: u64, away: Duration, missed: u64, buffers: u32, fps: f64) -> u64 {
+        let period_ns = (1e9 / if fps > 0.0 { fps } else { 30.0 }) as u64;
+        let long = u64::from(buffers.saturating_sub(1).max(1)) * period_ns;
+        if away.as_nanos() >= u128::from(long) {
+            self.last_long_away_ns = Some(now_ns);
+            self.last_long_away = away;
+        }
+        let window = u64::from(buffers + 1) * period_ns;
+        match self.last_long_away_ns {
+            Some(t) if missed > 0 && now_ns.saturating_sub(t) <= window => missed,
+            _ => 0,
+        }
+    }
+
+    /// The last long absence (what made the drops that [`LateCapture::observe`] blamed on kestrel).
+    pub fn last_absence(&self) -> Duration {
+        self.last_long_away
+    }
+}
+
 /// Counts frames the driver skipped, from the gaps in its buffer sequence numbers.
 #[derive(Clone, Debug, Default)]
 pub struct SequenceGaps {
@@ -237,6 +277,41 @@ mod tests {
         let mut odd = Backoff::new(Duration::from_millis(300), Duration::from_millis(100));
         assert_eq!(odd.next_delay(), Duration::from_millis(300));
         assert_eq!(odd.next_delay(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn late_capture_tells_our_drops_from_the_drivers() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let at = |v: u64| v * 1_000_000;
+        // 25 fps, 4 buffers: a long absence is >= 120 ms, and gaps within 200 ms of it are ours.
+        let mut l = LateCapture::default();
+        // Waiting in poll the whole time: a gap is the driver's.
+        assert_eq!(l.observe(at(40), ms(1), 0, 4, 25.0), 0);
+        assert_eq!(l.observe(at(120), ms(1), 1, 4, 25.0), 0);
+        // Away 200 ms (e.g. no free frame buffer): the driver filled all 4 buffers and dropped the 5th; the gap
+        // shows only after the 4 filled buffers are drained with no absence at all.
+        assert_eq!(l.observe(at(400), ms(200), 0, 4, 25.0), 0);
+        for t in [401, 402, 403] {
+            assert_eq!(l.observe(at(t), ms(0), 0, 4, 25.0), 0);
+        }
+        assert_eq!(
+            l.observe(at(440), ms(0), 1, 4, 25.0),
+            1,
+            "ours: within the window of the absence"
+        );
+        assert_eq!(l.last_absence(), ms(200));
+        // Long after it, a gap is the driver's again.
+        assert_eq!(l.observe(at(1000), ms(1), 2, 4, 25.0), 0);
+        // An absence just under the limit is not long.
+        let mut l = LateCapture::default();
+        assert_eq!(l.observe(at(100), ms(119), 1, 4, 25.0), 0);
+        assert_eq!(l.observe(at(300), ms(120), 1, 4, 25.0), 1);
+        // Unknown rate: 30 fps assumed (long = 3 x 33.3 ms); 1 or 2 buffers: one period is long.
+        let mut l = LateCapture::default();
+        assert_eq!(l.observe(at(100), ms(99), 1, 4, 0.0), 0);
+        assert_eq!(l.observe(at(200), ms(101), 1, 4, 0.0), 1);
+        let mut l = LateCapture::default();
+        assert_eq!(l.observe(at(100), ms(41), 1, 2, 25.0), 1);
     }
 
     #[test]
