@@ -545,17 +545,16 @@ impl Source for V4l2Source {
             };
             let fmt = cam.fmt;
             cam.waiting_since.get_or_insert_with(Instant::now);
-            let res = cam
-                .stream
-                .next_with(POLL, |data, info: BufferInfo| -> Result<BufferInfo, String> {
-                    if info.error {
-                        return Err("driver flagged the buffer as corrupt".into());
-                    }
-                    pack_frame(&fmt, data, &mut buf)?;
-                    Ok(info)
-                });
+            let res = cam.stream.next_with(POLL, |data, info: BufferInfo| {
+                let packed = if info.error {
+                    Err("driver flagged the buffer as corrupt".to_string())
+                } else {
+                    pack_frame(&fmt, data, &mut buf)
+                };
+                (info, packed)
+            });
             match res {
-                Ok(Some(Ok(info))) => {
+                Ok(Some((info, packed))) => {
                     let now = monotonic_ns();
                     // How late this dequeue was: the time the capture spent away from the driver before it
                     // came back to wait, or — when the whole process was held up (descheduled, stopped) while
@@ -581,6 +580,13 @@ impl Source for V4l2Source {
                              (longer than its {buffers} buffers last)",
                             cam.late.last_absence().as_millis()
                         ));
+                    }
+                    // A corrupt or short buffer still took its sequence number (so it is not a driver drop).
+                    if let Err(why) = packed {
+                        self.status.corrupt_frames.fetch_add(1, Relaxed);
+                        self.corrupt_log.warn(&why);
+                        self.spare = Some(buf);
+                        continue;
                     }
                     // The kernel timestamp when it is CLOCK_MONOTONIC, but never later than now (a frame cannot be
                     // captured after we dequeued it; vivid stamps the nominal end of the frame period) nor
@@ -611,13 +617,6 @@ impl Source for V4l2Source {
                         yuv: fmt.yuv,
                         data: buf,
                     }));
-                }
-                Ok(Some(Err(why))) => {
-                    cam.last_frame = Instant::now();
-                    cam.waiting_since = None;
-                    self.status.corrupt_frames.fetch_add(1, Relaxed);
-                    self.corrupt_log.warn(&why);
-                    self.spare = Some(buf);
                 }
                 Ok(None) => {
                     self.spare = Some(buf);
