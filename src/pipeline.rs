@@ -8,15 +8,18 @@
 //!   (`capture_overrun`) and the new one queued.
 //! - **Just-in-time preprocessing**: input tensors come from a small pool (one per prepared-ahead slot plus the
 //!   one being inferred), so workers never prepare frames that inference cannot take; and a worker that got a
-//!   tensor while inference is busy waits until inference is about one preprocessing time from done before it
-//!   takes the newest frame. A frame thus enters inference about one preprocessing time after capture, not a
-//!   queue's worth of frames later.
+//!   tensor while inference is busy waits until inference is about one preprocessing time from wanting its
+//!   next frame before it takes the newest one. A frame thus enters inference about one preprocessing time
+//!   after capture, not a queue's worth of frames later. The protocol between the workers and inference is in
+//!   [`pace`].
 //! - **Newest first, in order**: inference takes the newest prepared frame (older ones: `stale`) and never one
 //!   older than the last it ran (`out_of_order`), so results leave in strictly increasing sequence.
 //! - Frame buffers, tensors and detection vectors are pooled: nothing is allocated per frame in steady state.
 //! - Every blocking call has a timeout of `poll`, so a stop is seen within one poll interval by every thread.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+mod pace;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,6 +119,12 @@ struct Prepared {
     times: FrameTimes,
 }
 
+impl pace::Sequenced for Prepared {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 struct Inferred {
     seq: u64,
     capture_ns: u64,
@@ -135,21 +144,6 @@ struct Finished {
 
 fn ms(d: Duration) -> f32 {
     d.as_secs_f32() * 1e3
-}
-
-/// Shared timing estimates for just-in-time preprocessing (nanoseconds; EWMA).
-#[derive(Default)]
-struct Pace {
-    /// Monotonic ns when the running inference started; 0 when inference is idle.
-    infer_started_ns: AtomicU64,
-    infer_ewma_ns: AtomicU64,
-    prep_ewma_ns: AtomicU64,
-}
-
-fn ewma(slot: &AtomicU64, sample: Duration) {
-    let s = sample.as_nanos().min(u128::from(u64::MAX)) as u64;
-    let old = slot.load(Relaxed);
-    slot.store(if old == 0 { s } else { old - old / 8 + s / 8 }, Relaxed);
 }
 
 /// Queue `item`; when the queue is full, drop the oldest queued item (counted as `why`) to make room.
@@ -310,9 +304,10 @@ impl Pipeline {
         let poll = opts.poll;
         let (dst_w, dst_h) = inference.input_size();
         let tensors = Pool::new(depth.max(workers) + 1, || inference.new_input());
+        let pace = Arc::new(pace::Pace::new(monotonic_ns));
+        let mut feed = pace::Feed::new(pace.clone(), tensors.try_take());
         let candidate_pool = Pool::new(8, || Vec::<Candidate>::with_capacity(1024));
         let detection_pool = Pool::new(8, || Vec::<Candidate>::with_capacity(opts.thresholds.max_detections));
-        let pace = Arc::new(Pace::default());
 
         let (frames_tx, frames_rx) = bounded::<Frame>(depth);
         let (prepared_tx, prepared_rx) = bounded::<Prepared>(depth);
@@ -377,7 +372,9 @@ impl Pipeline {
                             break t;
                         }
                     };
-                    wait_until_needed(&pace, poll, &stopped);
+                    if !pace.claim(poll, &stopped) {
+                        return Ok(());
+                    }
                     let Some(frame) = recv_or_stop(&frames_rx, poll, &stopped) else {
                         return Ok(());
                     };
@@ -391,7 +388,7 @@ impl Pipeline {
                         Ok(lb) => {
                             m.record(Stage::Decode, prep.last_decode);
                             m.record(Stage::Letterbox, prep.last_letterbox);
-                            ewma(&pace.prep_ewma_ns, t0.elapsed());
+                            pace.prepared(t0.elapsed());
                             let item = Prepared {
                                 seq: frame.seq,
                                 capture_ns: frame.capture_ns,
@@ -405,7 +402,10 @@ impl Pipeline {
                                 },
                             };
                             let sent = if paced {
-                                push_latest(&tx, &rx_old, item, &|| m.dropped(DropReason::PreparedOverrun))
+                                push_latest(&tx, &rx_old, item, &|| {
+                                    m.dropped(DropReason::PreparedOverrun);
+                                    pace.dropped_one();
+                                })
                             } else {
                                 send_blocking(&tx, item, poll, &stopped)
                             };
@@ -415,6 +415,7 @@ impl Pipeline {
                         }
                         Err(e) => {
                             m.dropped(DropReason::BadFrame);
+                            pace.dropped_one();
                             bad.warn(&format_args!("frame {}: {e}", frame.seq));
                         }
                     }
@@ -425,20 +426,12 @@ impl Pipeline {
 
         // inference
         {
-            let (m, rx, tx, pace, stopped) = (metrics.clone(), prepared_rx, inferred_tx, pace.clone(), stopped.clone());
+            let (m, rx, tx, stopped) = (metrics.clone(), prepared_rx, inferred_tx, stopped.clone());
             let live = live.clone();
             p.spawn("inference", move || {
                 let mut last_seq = 0u64;
-                while let Some(mut item) = recv_or_stop(&rx, poll, &stopped) {
-                    // Live sources: the newest prepared frame wins. Unpaced files: every frame, in arrival order.
-                    if paced {
-                        while let Ok(newer) = rx.try_recv() {
-                            m.dropped(DropReason::Stale);
-                            if newer.seq > item.seq {
-                                item = newer;
-                            }
-                        }
-                    }
+                // Live sources: the newest prepared frame wins. Unpaced files: every frame, in arrival order.
+                while let Some(item) = feed.next(&rx, paced, poll, &stopped, &mut || m.dropped(DropReason::Stale)) {
                     if item.seq <= last_seq {
                         m.dropped(DropReason::OutOfOrder);
                         continue;
@@ -448,12 +441,8 @@ impl Pipeline {
                         m.dropped(DropReason::Stale);
                         continue;
                     };
-                    pace.infer_started_ns.store(monotonic_ns(), SeqCst);
-                    let t0 = Instant::now();
-                    let times = inference.infer(&item.tensor, live.get().conf, &mut candidates);
-                    pace.infer_started_ns.store(0, SeqCst);
-                    let times = times?;
-                    ewma(&pace.infer_ewma_ns, t0.elapsed());
+                    feed.start();
+                    let times = inference.infer(&item.tensor, live.get().conf, &mut candidates)?;
                     m.record(Stage::Infer, times.run);
                     let times_run = times.run;
                     m.inferred();
@@ -465,7 +454,7 @@ impl Pipeline {
                         mut times,
                     } = item;
                     times.infer_ms = ms(times_run);
-                    drop(tensor); // back to the pool: the next frame can be prepared now
+                    feed.done(tensor);
                     if !send_blocking(
                         &tx,
                         Inferred {
@@ -655,25 +644,6 @@ impl Drop for Pipeline {
         for (_, h) in self.threads.drain(..) {
             let _ = h.join();
         }
-    }
-}
-
-/// While inference runs, sleep until it is about one preprocessing time from done, so the frame taken next
-/// is as fresh as possible when inference picks it up.
-fn wait_until_needed(pace: &Pace, poll: Duration, stopped: &dyn Fn() -> bool) {
-    let margin_ns = 1_000_000; // 1 ms of slack against jitter
-    loop {
-        let started = pace.infer_started_ns.load(SeqCst);
-        if started == 0 || stopped() {
-            return;
-        }
-        let (infer, prep) = (pace.infer_ewma_ns.load(Relaxed), pace.prep_ewma_ns.load(Relaxed));
-        let due = (started + infer).saturating_sub(prep + margin_ns);
-        let now = monotonic_ns();
-        if now >= due {
-            return;
-        }
-        std::thread::sleep(Duration::from_nanos(due - now).min(poll));
     }
 }
 

@@ -248,7 +248,7 @@ fn run(version: u8) -> Run {
         std::thread::sleep(Duration::from_millis(5));
     }
     let stats = sink.stats();
-    let mut want = Vec::new();
+    let (mut want, mut took) = (Vec::new(), Vec::new());
     for i in 0..20 {
         let dets = detections(i);
         // The pipeline computes the angles when intrinsics are set; odd frames leave it to the sink.
@@ -273,10 +273,19 @@ fn run(version: u8) -> Run {
         };
         let t = Instant::now();
         sink.publish(&frame).unwrap();
-        assert!(t.elapsed() < Duration::from_millis(5), "publish took {:?}", t.elapsed());
+        took.push(t.elapsed());
         want.extend(expected(&dets, capture_ns, w, h));
         std::thread::sleep(Duration::from_millis(40));
     }
+    // `publish` only hands the frame to the mavlink thread (a non-blocking queue offer, the angle maths): it
+    // never waits for the link, whose thread polls every 20 ms; a publish that waited would take a good part of
+    // that. Judged on all but the slowest call, which one preemption on a busy host can stretch.
+    took.sort();
+    assert!(
+        took[took.len() - 2] < Duration::from_millis(5),
+        "publish took {:?} (all 20, sorted)",
+        took
+    );
     std::thread::sleep(Duration::from_millis(2600).saturating_sub(Duration::from_nanos(monotonic_ns() - born)));
     let t = Instant::now();
     drop(sink);
@@ -319,14 +328,24 @@ fn check(r: &Run, wire: u64) {
             assert_eq!(s, (prev + 1) % 256, "{m}");
         }
         seq = Some(s);
-        // Nothing after the sink was dropped.
+        // Nothing before the sink was made.
         let t = m["t_ns"].as_u64().unwrap();
-        assert!(
-            t >= r.alive.0 && t <= r.alive.1 + 100_000_000,
-            "message at {t}, sink alive {:?}",
-            r.alive
-        );
+        assert!(t >= r.alive.0, "message at {t}, sink alive {:?}", r.alive);
     }
+    // Nothing after the sink was dropped: what arrived is exactly what the sink had sent when its drop returned
+    // (its thread joined, its counters final), numbered from 0. (By the message numbers, not by when the
+    // listener, a Python process, got round to reading them.)
+    assert_eq!(
+        r.msgs.len() as u64,
+        r.counters.landing_targets + r.counters.heartbeats,
+        "{:?}",
+        r.counters
+    );
+    assert_eq!(
+        r.msgs.first().map(|m| m["seq"].as_u64()),
+        Some(Some(0)),
+        "the first message"
+    );
 
     // LANDING_TARGET: one per frame with a pad, in order, with exactly the expected fields.
     let lts: Vec<&Value> = r.msgs.iter().filter(|m| m["name"] == "LANDING_TARGET").collect();

@@ -9,9 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kestrel::client::{Format, Message, Subscriber};
+use kestrel::client::{Format, Message, Status, Subscriber};
 
 /// The tests here each start daemons; run them one at a time so their timing is not disturbed.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -31,15 +33,28 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
     p
 }
 
-/// A daemon with its stderr drained by a thread (a full pipe would block its logging).
+/// A daemon with its stderr drained by a thread (a full pipe would block its logging) into `log`, which the
+/// test can read while the daemon runs.
 struct Daemon {
     child: Child,
-    log: std::thread::JoinHandle<String>,
+    log: Arc<Mutex<String>>,
+    drain: std::thread::JoinHandle<()>,
 }
 
 impl Daemon {
     fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The log so far.
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(s) = self.child.try_wait().unwrap() {
+            panic!("daemon exited ({s}):\n{}", self.log());
+        }
     }
 }
 
@@ -55,13 +70,19 @@ fn daemon(config: &Path, extra: &[&str]) -> Daemon {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    Daemon { child, log }
+    let err = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let drain = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        })
+    };
+    Daemon { child, log, drain }
 }
 
 fn wait_for_socket(p: &Path, d: &mut Daemon) {
@@ -72,14 +93,15 @@ fn wait_for_socket(p: &Path, d: &mut Daemon) {
             child.try_wait().unwrap().is_none(),
             "daemon exited before creating its socket"
         );
-        assert!(t0.elapsed() < Duration::from_secs(20), "no socket at {}", p.display());
+        // A hang guard: start-up (ONNX Runtime, the fixture model, 2 warm-ups) takes well under a second here.
+        assert!(t0.elapsed() < Duration::from_secs(60), "no socket at {}", p.display());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// SIGTERM, wait; returns (exit code, stderr).
 fn stop(d: Daemon) -> (Option<i32>, String) {
-    let Daemon { mut child, log } = d;
+    let Daemon { mut child, log, drain } = d;
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -90,10 +112,13 @@ fn stop(d: Daemon) -> (Option<i32>, String) {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(10), "daemon did not stop");
+        // A hang guard (the stop itself takes one poll period plus the frame in flight).
+        assert!(t0.elapsed() < Duration::from_secs(30), "daemon did not stop");
         std::thread::sleep(Duration::from_millis(10));
     };
-    (status.code(), log.join().unwrap())
+    drain.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    (status.code(), log)
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -129,9 +154,65 @@ fn fps_from_log(log: &str) -> f64 {
     out / secs
 }
 
+/// The pace of FAST_SOURCE, frames per second.
+const SOURCE_FPS: f64 = 100.0;
+
 const FAST_SOURCE: &str =
     "[source]\nkind = \"synthetic\"\nformat = \"rgb\"\nwidth = 320\nheight = 240\nfps_hz = 100.0\n\
                            [output]\nkind = \"none\"\n";
+
+fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `status` messages among `msgs`, with their positions.
+fn statuses(msgs: &[Message]) -> Vec<(usize, &Status)> {
+    msgs.iter()
+        .enumerate()
+        .filter_map(|(i, m)| match m {
+            Message::Status(s) => Some((i, &**s)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What one subscriber saw between the first and the last `status` it received, against what the daemon did
+/// in that time (the two statuses' counters).
+#[derive(Debug)]
+struct Span {
+    /// `detections` messages received between the two.
+    got: u64,
+    /// Frames the pipeline published meanwhile (`frames_published`).
+    published: u64,
+    /// Of those, frames the publisher thread could not take from the pipeline, sent to no subscriber
+    /// (`publisher_behind`).
+    behind: u64,
+}
+
+impl Span {
+    fn of(msgs: &[Message]) -> Self {
+        let st = statuses(msgs);
+        assert!(st.len() >= 2, "{} status messages", st.len());
+        let ((a, first), (b, last)) = (st[0], st[st.len() - 1]);
+        let behind = |s: &Status| s.drops.get("publisher_behind").copied().unwrap_or(0);
+        Self {
+            got: msgs[a..b]
+                .iter()
+                .filter(|m| matches!(m, Message::Detections(_)))
+                .count() as u64,
+            published: last.frames_published - first.frames_published,
+            behind: behind(last) - behind(first),
+        }
+    }
+
+    /// Frames sent to subscribers meanwhile. A status reads the pipeline's counter while a frame may sit
+    /// between the sink and that counter (one at each end), and `publisher_behind` is read after
+    /// `frames_published`: the count between two statuses is exact to within 3.
+    fn sent(&self) -> u64 {
+        self.published.saturating_sub(self.behind)
+    }
+}
 
 #[test]
 fn sixteen_subscribers_one_stalled_others_get_everything_and_fps_is_unchanged() {
@@ -157,36 +238,91 @@ fn sixteen_subscribers_one_stalled_others_get_everything_and_fps_is_unchanged() 
     let mut d = daemon(&cfg, &[]);
     wait_for_socket(&sock, &mut d);
     let stalled = UnixStream::connect(&sock).unwrap();
-    let readers: Vec<_> = (0..15)
-        .map(|i| {
-            let sock = sock.clone();
+    let seen: Vec<Arc<Mutex<Vec<Message>>>> = (0..15).map(|_| Arc::default()).collect();
+    let readers: Vec<_> = seen
+        .iter()
+        .enumerate()
+        .map(|(i, seen)| {
+            let (sock, seen) = (sock.clone(), seen.clone());
             let format = if i % 2 == 0 { Format::Json } else { Format::Binary };
             std::thread::spawn(move || {
                 let mut sub = Subscriber::connect(&sock, format).unwrap();
-                let mut msgs = Vec::new();
                 loop {
                     match sub.next(Duration::from_secs(5)) {
-                        Ok(Some(m)) => msgs.push(m),
+                        Ok(Some(m)) => seen.lock().unwrap().push(m),
                         Ok(None) => panic!("reader {i}: nothing for 5 s"),
-                        Err(_) => return msgs, // closed at the daemon's exit
+                        Err(_) => return, // closed at the daemon's exit
                     }
                 }
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_secs(5));
+    // At least 5 s with subscribers, and on until the stalled one has been disconnected and every reader has
+    // heard so in a status (15 subscribers left). The stalled socket's kernel buffer and queue fill at the
+    // frame rate, so the disconnection comes later on a slower host; the deadline is only a hang guard.
+    let t0 = Instant::now();
+    let mut disconnected_at = None;
+    loop {
+        if disconnected_at.is_none() && d.log().contains("disconnected: took nothing for more than 500 ms") {
+            disconnected_at = Some(monotonic_ns());
+        }
+        let told = disconnected_at.is_some_and(|at| {
+            seen.iter().all(|s| {
+                let s = s.lock().unwrap();
+                let st = statuses(&s);
+                st.len() >= 2 && st.last().is_some_and(|(_, l)| l.time_ns > at && l.subscribers == 15)
+            })
+        });
+        if told && t0.elapsed() >= Duration::from_secs(5) {
+            break;
+        }
+        d.assert_running();
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "after {:?}: stalled subscriber disconnected: {}, every reader told: {told}\n{}",
+            t0.elapsed(),
+            disconnected_at.is_some(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (code, log1) = stop(d);
     assert_eq!(code, Some(0), "{log1}");
     drop(stalled);
     let fps1 = fps_from_log(&log1);
-    let results: Vec<Vec<Message>> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let results: Vec<Vec<Message>> = seen.iter().map(|s| std::mem::take(&mut *s.lock().unwrap())).collect();
     eprintln!("published fps: {fps0:.1} with no subscribers, {fps1:.1} with 16 (one stalled)");
+    // The socket must not slow the pipeline. The two rates are compared while the baseline keeps the source's
+    // pace; a host that cannot do even that without subscribers is CPU-bound, and then the 15 readers of this
+    // very test take their CPU from the daemon, which says nothing about the daemon.
+    if fps0 >= 0.9 * SOURCE_FPS {
+        assert!(
+            fps1 >= 0.95 * fps0,
+            "fps {fps1:.1} with subscribers vs {fps0:.1} without"
+        );
+    } else {
+        eprintln!("the baseline did not keep the source's {SOURCE_FPS} fps (CPU-bound host): fps not compared");
+    }
+    // Whatever the host: the stalled subscriber never held the pipeline up. Waiting for it would leave a gap of
+    // its max lag (500 ms) between two published frames.
+    let published_ns: Vec<u64> = results[0]
+        .iter()
+        .filter_map(|m| match m {
+            Message::Detections(d) => Some(d.publish_ns),
+            _ => None,
+        })
+        .collect();
+    let worst_gap = published_ns.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
     assert!(
-        fps1 >= 0.95 * fps0,
-        "fps {fps1:.1} with subscribers vs {fps0:.1} without"
+        worst_gap < 500_000_000,
+        "two frames published {:.0} ms apart while one subscriber stalled",
+        worst_gap as f64 / 1e6
     );
-    // Every reader: no `missed`, detections in strictly increasing order; all readers saw the same frames
-    // from the point the last one joined.
+    // Every reader: no `missed`, detections in strictly increasing order, every frame sent while it was
+    // connected; all readers saw the same frames from the point the last one joined.
     let seqs: Vec<Vec<u64>> = results
         .iter()
         .enumerate()
@@ -206,7 +342,16 @@ fn sixteen_subscribers_one_stalled_others_get_everything_and_fps_is_unchanged() 
                 })
                 .collect();
             assert!(s.windows(2).all(|w| w[1] > w[0]), "reader {i}: out of order");
-            assert!(s.len() > 200, "reader {i}: only {} frames", s.len());
+            let span = Span::of(msgs);
+            if i == 0 {
+                eprintln!("reader 0 between its first and last status: {span:?}");
+            }
+            assert!(
+                span.got > 0 && span.got + 3 >= span.sent(),
+                "reader {i}: {} frames between two statuses that counted {} sent ({span:?})",
+                span.got,
+                span.sent()
+            );
             s
         })
         .collect();
@@ -249,23 +394,42 @@ fn killed_garbage_and_churning_clients_leave_the_server_healthy_without_fd_leaks
     );
     let mut d = daemon(&cfg, &[]);
     wait_for_socket(&sock, &mut d);
-    // One healthy subscriber throughout.
+    // One healthy subscriber throughout: from before the abuse until two statuses after it is told to stop.
+    let done = Arc::new(AtomicBool::new(false));
+    let (started_tx, started) = std::sync::mpsc::channel();
     let watcher = {
-        let sock = sock.clone();
+        let (sock, done) = (sock.clone(), done.clone());
         std::thread::spawn(move || {
             let mut sub = Subscriber::connect(&sock, Format::Json).unwrap();
-            let (mut n, mut last) = (0u64, 0u64);
+            let (mut msgs, mut last, mut after_done) = (Vec::new(), 0u64, 0);
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(8) {
-                if let Some(Message::Detections(d)) = sub.next(Duration::from_secs(2)).unwrap() {
-                    assert!(d.seq > last);
-                    (n, last) = (n + 1, d.seq);
+            while after_done < 2 {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(300),
+                    "the watcher was never told to stop"
+                );
+                let Some(m) = sub.next(Duration::from_secs(2)).unwrap() else {
+                    continue;
+                };
+                match &m {
+                    Message::Detections(d) => {
+                        assert!(d.seq > last);
+                        last = d.seq;
+                    }
+                    Message::Status(_) => {
+                        let _ = started_tx.send(());
+                        after_done += usize::from(done.load(Ordering::SeqCst));
+                    }
+                    _ => {}
                 }
+                msgs.push(m);
             }
-            n
+            msgs
         })
     };
-    std::thread::sleep(Duration::from_millis(500));
+    started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the watcher got no status");
     let fds_before = open_fds(d.id());
     // Subscribers killed mid-stream.
     for _ in 0..5 {
@@ -299,21 +463,41 @@ fn killed_garbage_and_churning_clients_leave_the_server_healthy_without_fd_leaks
         }
     }
     drop(garbage);
-    std::thread::sleep(Duration::from_millis(500));
-    let fds_after = open_fds(d.id());
-    let frames = watcher.join().unwrap();
-    // Still serving a new subscriber.
+    // Still serving a new subscriber. (The server accepts in order: once this one is served, every connection
+    // above has been accepted.)
     let mut sub = Subscriber::connect(&sock, Format::Binary).unwrap();
     let got = (0..50).find_map(|_| match sub.next(Duration::from_secs(2)) {
         Ok(Some(Message::Detections(d))) => Some(d),
         _ => None,
     });
     assert!(got.is_some(), "no detections after the abuse");
+    drop(sub);
+    // Every closed connection is reaped on the server's next loop; wait for that (a leak never gets there).
+    let t = Instant::now();
+    let (fds_after, converged) = loop {
+        let n = open_fds(d.id());
+        if n == fds_before || t.elapsed() > Duration::from_secs(30) {
+            break (n, t.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    done.store(true, Ordering::SeqCst);
+    let msgs = watcher.join().unwrap();
     let (code, log) = stop(d);
     assert_eq!(code, Some(0), "{log}");
-    eprintln!("daemon fds before {fds_before}, after {fds_after}; the watcher got {frames} frames");
+    let span = Span::of(&msgs);
+    eprintln!(
+        "daemon fds before {fds_before}, after {fds_after} ({converged:?} after the last client); the watcher, \
+         throughout: {span:?}"
+    );
     assert_eq!(fds_before, fds_after, "fd leak");
-    assert!(frames > 300, "the healthy subscriber got only {frames} frames");
+    // The healthy subscriber kept getting the frames published meanwhile: the abuse did not wedge the server.
+    assert!(
+        span.got * 10 >= span.published * 9,
+        "the healthy subscriber got {} of {} frames published while it watched ({span:?})",
+        span.got,
+        span.published
+    );
 }
 
 #[test]
