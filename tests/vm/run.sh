@@ -6,17 +6,23 @@
 # Exit status: 0 iff the guest printed "VM-TEST RESULT: PASS" and its /out came back intact (and HOST_CHECK,
 # if set, exits 0); 2 on a set-up error.
 # Outputs (target/vm/out/):  console.log        serial console (ttyS0), also echoed to stdout
-#                            guest/             everything the guest left in /out
+#                            guest/             everything the guest left in /out (phases.txt: its phases)
 # Output channel: after the guest script, /init tars /out and writes it to a second UART (ttyS1, raw mode),
 # which qemu saves to target/vm/ttyS1.bin, framed as "KESTREL-VM-OUT <bytes> <sha256>\n" <tar> "\n...-END\n";
 # the host cuts out <bytes> bytes, checks the sha256 and untars. Byte-exact (~400 KB/s under TCG).
+# Time: the guest runs named phases, each under its own budget (fixed sleeps + a multiple of a speed
+# calibration measured in the guest; see guest.sh), so a slow phase is ended and reported by name. The two
+# limits here are hang guards above those budgets: VM_TIMEOUT (qemu, boot to power-off) and the guest
+# script's VM_GUEST_TIMEOUT = VM_TIMEOUT - max(60, VM_TIMEOUT / 8) (the rest: kernel boot + sending /out).
 # Environment:
 #   KESTREL_BIN=target/release/kestrel   binary to test (copied stripped of debug info)
 #   HOST_CHECK='cmd args'                run after the VM as `cmd args OUT_DIR` (OUT_DIR = target/vm/out);
 #                                        if the guest passed, its exit status becomes run.sh's
-#   VM_TIMEOUT=300  VM_CPU=max  VM_SMP=2  VM_MEM=2048   qemu wall-clock limit (s), -cpu, -smp, -m (MiB)
+#   VM_TIMEOUT=1800 (3600 with VM_MEASURE=1)  VM_CPU=max  VM_SMP=2  VM_MEM=2048
+#                   qemu wall-clock hang guard (s), -cpu, -smp, -m (MiB)
 #   VM_APPEND=''    extra kernel command line; its VAR=value words become environment variables of the
-#                   guest script, e.g. VM_APPEND='VM_MEASURE=1' (see guest.sh)
+#                   guest script, e.g. VM_APPEND='VM_MEASURE=1' (real-model speed runs; yolov3-tiny is then
+#                   put in the initramfs, otherwise it is not), VM_APPEND='VM_BUDGET_steady=3' (see guest.sh)
 #   SKIP_APT=1      never call apt-get
 # Needs: Debian/Ubuntu amd64 host; root or sudo for apt-get only. Caches the kernel in .cache/vm/kernel.
 set -euo pipefail
@@ -25,7 +31,8 @@ abs() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 GUEST_SCRIPT=$(abs "${1:-$ROOT/tests/vm/guest.sh}")
 KESTREL_BIN=$(abs "${KESTREL_BIN:-$ROOT/target/release/kestrel}")
 cd "$ROOT"
-VM_TIMEOUT=${VM_TIMEOUT:-300}; VM_CPU=${VM_CPU:-max}; VM_SMP=${VM_SMP:-2}; VM_MEM=${VM_MEM:-2048}
+MEASURE=0; case " ${VM_APPEND:-} " in *" VM_MEASURE=1 "*) MEASURE=1 ;; esac
+VM_TIMEOUT=${VM_TIMEOUT:-$([ $MEASURE = 1 ] && echo 3600 || echo 1800)}; VM_CPU=${VM_CPU:-max}; VM_SMP=${VM_SMP:-2}; VM_MEM=${VM_MEM:-2048}
 ORT_LIB=.cache/onnxruntime/1.31.1/x86_64/libonnxruntime.so.1.31.1
 CACHE=$ROOT/.cache/vm; WORK=$ROOT/target/vm; OUT=$WORK/out
 PASS_LINE="VM-TEST RESULT: PASS"
@@ -35,8 +42,9 @@ die() { log "ERROR: $*"; exit 2; }
 now() { date +%s.%N; }
 t0=$(now)
 
-for f in "$GUEST_SCRIPT" "$KESTREL_BIN" "$ORT_LIB" models/yolov3-tiny-416.onnx models/coco.names \
-         tests/fixtures/generated/v5_const.onnx tests/fixtures/generated/v5_const_416.onnx .cache/darknet/person.jpg; do
+MODELS="models/coco.names tests/fixtures/generated/v5_const.onnx tests/fixtures/generated/v5_const_416.onnx"
+[ $MEASURE = 1 ] && MODELS="$MODELS models/yolov3-tiny-416.onnx"
+for f in "$GUEST_SCRIPT" "$KESTREL_BIN" "$ORT_LIB" $MODELS .cache/darknet/person.jpg; do
   [ -e "$f" ] || die "missing $f (build with cargo build --release; fetch models/media with scripts/setup.sh)"
 done
 
@@ -98,8 +106,10 @@ cp /usr/bin/v4l2-ctl "$R/usr/bin/"; copy_libs /usr/bin/v4l2-ctl
 # kestrel (debug info stripped: 45 MB -> a few MB) with ONNX Runtime beside it, where it looks first
 objcopy --strip-debug "$KESTREL_BIN" "$R/kestrel/kestrel"; copy_libs "$KESTREL_BIN"
 cp "$ORT_LIB" "$R/kestrel/"; copy_libs "$ORT_LIB"
-cp models/yolov3-tiny-416.onnx models/coco.names tests/fixtures/generated/v5_const.onnx \
-   tests/fixtures/generated/v5_const_416.onnx "$R/kestrel/models/"
+# the real yolov3-tiny (35 MB) only for VM_MEASURE=1: the default run does no real-model inference
+cp $MODELS "$R/kestrel/models/"
+if [ $MEASURE = 1 ]; then log "VM_MEASURE=1: yolov3-tiny-416 in the initramfs (phase measure)"
+else log "yolov3-tiny-416 not in the initramfs: no real-model inference in the VM (VM_APPEND='VM_MEASURE=1' adds it)"; fi
 cp .cache/darknet/person.jpg "$R/kestrel/media/"
 [ -d tests/vm/guest-files ] && cp -r tests/vm/guest-files/. "$R/kestrel/"
 cp "$GUEST_SCRIPT" "$R/guest.sh"
@@ -109,9 +119,16 @@ cat > "$R/init" <<'INIT'
 export PATH=/bin:/usr/bin:/kestrel HOME=/tmp
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
 echo "=== VM: userspace up at $(cut -d' ' -f1 /proc/uptime)s (uptime)"
-# the guest script gets VM_GUEST_TIMEOUT s (from the kernel command line), so /out still comes back on a hang
-timeout "${VM_GUEST_TIMEOUT:-240}" sh /guest.sh
-echo "=== VM: guest script exited rc=$? at $(cut -d' ' -f1 /proc/uptime)s"
+# the guest script gets VM_GUEST_TIMEOUT s (from the kernel command line), so /out still comes back on a hang;
+# it ends its own phases earlier (their budgets are clamped to this limit), so this fires only on a hang
+timeout -k 10 "${VM_GUEST_TIMEOUT:-1575}" sh /guest.sh
+grc=$?
+echo "=== VM: guest script exited rc=$grc at $(cut -d' ' -f1 /proc/uptime)s"
+if [ $grc = 143 ] || [ $grc = 137 ]; then
+  echo "=== VM: guest script KILLED by its hang guard (VM_GUEST_TIMEOUT=${VM_GUEST_TIMEOUT:-1575} s)$( \
+    [ -f /out/phase-running.txt ] && echo " during phase $(cut -d' ' -f1 /out/phase-running.txt)")"
+  echo "guest-script KILLED ${VM_GUEST_TIMEOUT:-1575}" > /out/guest-killed.txt
+fi
 # Output channel: ttyS1 (qemu -serial file:) in raw mode, one frame:
 #   "KESTREL-VM-OUT <bytes> <sha256>\n" <tar of /out, exactly <bytes> bytes> "\nKESTREL-VM-OUT-END\n"
 # The last close of the tty waits until the UART has sent everything (closing_wait), before poweroff.
@@ -131,18 +148,23 @@ log "initramfs $(du -m "$WORK/initramfs.cpio" | cut -f1) MiB; setup took $(awk -
 # panic ends qemu instead of hanging; timeout bounds everything else.
 SER1=$WORK/ttyS1.bin; rm -f "$SER1"
 hostload() { printf 'host %s CPUs, load average %s' "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"; }
-log "booting: qemu-system-x86_64 -accel tcg -cpu $VM_CPU -smp $VM_SMP -m $VM_MEM (limit ${VM_TIMEOUT}s); $(hostload)"
+# the guest script's hang guard: what is left after a reserve for the kernel boot and sending /out back
+RESERVE=$((VM_TIMEOUT / 8 > 60 ? VM_TIMEOUT / 8 : 60))
+VM_GUEST_TIMEOUT=$((VM_TIMEOUT > 2 * RESERVE ? VM_TIMEOUT - RESERVE : VM_TIMEOUT / 2))
+log "booting: qemu-system-x86_64 -accel tcg -cpu $VM_CPU -smp $VM_SMP -m $VM_MEM (hang guards: qemu ${VM_TIMEOUT}s, guest script ${VM_GUEST_TIMEOUT}s); $(hostload)"
+log "host CPU: $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo)"
 set +e
 timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu "$VM_CPU" -smp "$VM_SMP" -m "$VM_MEM" \
   -nographic -nic none -no-reboot -serial mon:stdio -serial "file:$SER1" \
   -kernel "$KDIR/boot/vmlinuz-$KVER" -initrd "$WORK/initramfs.cpio" \
-  -append "console=ttyS0 quiet panic=-1 VM_GUEST_TIMEOUT=$((VM_TIMEOUT > 60 ? VM_TIMEOUT - 30 : VM_TIMEOUT / 2)) ${VM_APPEND:-}" < /dev/null 2>&1 \
+  -append "console=ttyS0 quiet panic=-1 VM_GUEST_TIMEOUT=$VM_GUEST_TIMEOUT ${VM_APPEND:-}" < /dev/null 2>&1 \
   | sed -u -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1b[()][A-Z0-9]//g' -e 's/\x1b[=>c]//g' -e 's/\r//g' \
   | tee "$OUT/console.log"
 qrc=${PIPESTATUS[0]}
 set -e
 t2=$(now)
-[ "$qrc" = 124 ] && log "TIMEOUT: qemu killed after ${VM_TIMEOUT}s"
+[ "$qrc" = 124 ] && log "TIMEOUT: qemu killed by its hang guard after ${VM_TIMEOUT}s (VM_TIMEOUT); last phase started: $( \
+  grep -a '^PHASE .* start at' "$OUT/console.log" | tail -1 | cut -d' ' -f2 || true)"
 [ "$qrc" = 0 ] || [ "$qrc" = 124 ] || log "qemu exited with status $qrc"
 
 # ---- 5. unpack the output frame from ttyS1
@@ -160,6 +182,16 @@ else
   log "output channel: no output frame from the guest"
 fi
 
+if grep -aq '^=== VM: guest script KILLED' "$OUT/console.log"; then log "$(grep -a '^=== VM: guest script KILLED' "$OUT/console.log" | head -1 | cut -c5-)"; fi
+# the guest's phases, as it recorded them (or, without /out, as the console shows them)
+if [ -s "$OUT/guest/phases.txt" ]; then
+  log "guest phases (elapsed / budget, s):"
+  awk '{printf "[vm]   %-8s %8.1f / %5d  %s\n", $1, $4, $5, $6; t += $4} END {printf "[vm]   %-8s %8.1f\n", "sum", t}' "$OUT/guest/phases.txt" >&2
+  [ ! -s "$OUT/guest/phase-running.txt" ] || log "  phase $(cut -d' ' -f1 "$OUT/guest/phase-running.txt") started but never finished"
+  [ ! -s "$OUT/guest/calibration.txt" ] || log "  calibration: $(tr '\n' ' ' < "$OUT/guest/calibration.txt")"
+else
+  log "no phases.txt from the guest; phase lines on the console:"; grep -a '^PHASE ' "$OUT/console.log" | sed 's/^/[vm]   /' >&2 || true
+fi
 awk -v a="$t0" -v b="$t1" -v c="$t2" -v l="$(hostload)" \
   'BEGIN{printf "[vm] TIMING: setup %.1f s, boot+guest %.1f s, total %.1f s (after: %s)\n", b-a, c-b, c-a, l}' >&2
 rc=1
