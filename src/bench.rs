@@ -14,8 +14,9 @@ use anyhow::Context as _;
 use crate::config::{Config, SourceKind};
 use crate::daemon::{cores, pipeline_options};
 use crate::ep::{EpKind, EpOptions};
+use crate::metrics::Stage;
 use crate::model::{Detector, SessionOptions};
-use crate::pipeline::{default_workers, Pipeline};
+use crate::pipeline::{default_workers, Inference, Pipeline, SleepInference};
 use crate::preprocess::{FramePreprocessor, Pixels};
 use crate::sink::NullSink;
 use crate::source::images::ImagesSource;
@@ -53,9 +54,14 @@ pub struct BenchArgs {
     /// ONNX Runtime intra-op threads (0: all cores), used by (a) and (c) alike.
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Preprocessing workers in (c) (0: automatic).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
+    /// Preprocessing workers in (c), one row each (comma-separated; 0: automatic).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "0")]
+    workers: Vec<usize>,
+    /// Also measure (d): the same pipeline, frames and workers with inference that holds no CPU for the time
+    /// (a) measured per frame (a sleep), the way a GPU leaves the cores to preprocessing, against that
+    /// stand-in's own bare rate: the pipeline's own overhead.
+    #[arg(long)]
+    gpu_like: bool,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -144,7 +150,26 @@ pub struct Row {
     pub ratio: Spread,
     /// T_inf / (T_inf + T_pre / cores), from the medians: what the pipeline could at best reach.
     pub ratio_limit: f64,
+    /// (c) a frame's age when its inference started (capture until then), p50 and p99 within each
+    /// repetition, ms: freshness, to be read beside the fps.
+    pub age_at_infer_p50_ms: Spread,
+    pub age_at_infer_p99_ms: Spread,
+    /// (c) capture until the sink wrote the result, p50 and p99 within each repetition, ms.
+    pub capture_to_publish_p50_ms: Spread,
+    pub capture_to_publish_p99_ms: Spread,
+    /// (d), with `--gpu-like`: pipeline fps with inference that sleeps 1/(a) per frame, that stand-in's bare
+    /// fps, their ratio within each repetition, and the frame age at inference start (p50, p99).
+    pub gpu_like: Option<GpuLike>,
     pub per_rep: Vec<(f64, f64, f64)>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct GpuLike {
+    pub pipeline_fps: Spread,
+    pub bare_fps: Spread,
+    pub ratio: Spread,
+    pub age_at_infer_p50_ms: Spread,
+    pub age_at_infer_p99_ms: Spread,
 }
 
 fn load_frames(dir: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -187,24 +212,39 @@ struct RowBench {
     fa: Vec<f64>,
     fb: Vec<f64>,
     fc: Vec<f64>,
+    /// (c) per repetition: age at inference start and capture→publish, (p50, p99) ms each.
+    age: Vec<(f64, f64)>,
+    latency: Vec<(f64, f64)>,
+    /// (d) per repetition: (pipeline fps, stand-in bare fps, age p50, age p99).
+    gpu: Vec<(f64, f64, f64, f64)>,
+}
+
+/// What one row measures.
+struct RowSpec<'a> {
+    model: &'a Path,
+    ep: EpKind,
+    /// TensorRT builds an FP16 engine.
+    trt_fp16: bool,
+    io_binding: bool,
+    /// Preprocessing workers (0: automatic).
+    workers: usize,
 }
 
 impl RowBench {
-    fn new(
-        ort: Option<&Path>,
-        a: &BenchArgs,
-        model: &Path,
-        ep: EpKind,
-        trt_fp16: bool,
-        io_binding: bool,
-        frames: &[Vec<u8>],
-    ) -> anyhow::Result<Self> {
+    fn new(ort: Option<&Path>, a: &BenchArgs, spec: RowSpec<'_>, frames: &[Vec<u8>]) -> anyhow::Result<Self> {
+        let RowSpec {
+            model,
+            ep,
+            trt_fp16,
+            io_binding,
+            workers,
+        } = spec;
         let rt = runtime::init(ort)?;
         let intra = if a.threads == 0 { cores() } else { a.threads };
-        let workers = if a.workers == 0 {
+        let workers = if workers == 0 {
             default_workers(cores())
         } else {
-            a.workers
+            workers
         };
         let mut ep_opts = EpOptions {
             providers: vec![ep],
@@ -251,6 +291,9 @@ impl RowBench {
             fa: Vec::new(),
             fb: Vec::new(),
             fc: Vec::new(),
+            age: Vec::new(),
+            latency: Vec::new(),
+            gpu: Vec::new(),
         })
     }
 
@@ -271,14 +314,72 @@ impl RowBench {
             self.prep.prepare(Pixels::jpeg(f), &mut self.tensor, w, h)?;
         }
         self.fb.push(t.elapsed().as_secs_f64() * 1e3 / a.n as f64);
-        // (c) the full pipeline; the first frames (start-up) are not counted
+        // (c) the full pipeline
         let det = Detector::load(rt, &self.model, None, &self.opts)?;
+        let (fps, age, lat) = self.pipeline(a, Box::new(det))?;
+        self.fc.push(fps);
+        self.age.push((f64::from(age.p50_ms), f64::from(age.p99_ms)));
+        self.latency.push((f64::from(lat.p50_ms), f64::from(lat.p99_ms)));
+        let i = self.fa.len() - 1;
+        report!(
+            "  rep {}/{} {} {}: bare {:.1} fps | preprocess {:.2} ms | pipeline {:.1} fps | ratio {:.3} | age at \
+             infer p50 {:.1} p99 {:.1} ms | capture→publish p50 {:.1} p99 {:.1} ms",
+            i + 1,
+            a.reps,
+            self.ep,
+            self.bare.selection.precision,
+            self.fa[i],
+            self.fb[i],
+            self.fc[i],
+            self.fc[i] / self.fa[i],
+            self.age[i].0,
+            self.age[i].1,
+            self.latency[i].0,
+            self.latency[i].1
+        );
+        // (d) the same with inference that holds no CPU for (a)'s time per frame
+        if a.gpu_like {
+            let mut stand_in = SleepInference {
+                width: w,
+                height: h,
+                precision: self.bare.info.input_precision,
+                per_frame: Duration::from_secs_f64(1.0 / self.fa[i]),
+            };
+            let n = a.n.min(20);
+            let t = Instant::now();
+            for _ in 0..n {
+                stand_in.infer(&self.tensor, 0.25, &mut self.cands)?;
+            }
+            let bare = n as f64 / t.elapsed().as_secs_f64();
+            let (fps, age, _) = self.pipeline(a, Box::new(stand_in))?;
+            self.gpu.push((fps, bare, f64::from(age.p50_ms), f64::from(age.p99_ms)));
+            report!(
+                "  rep {}/{} gpu-like ({:.1} ms sleep per frame): bare {bare:.1} fps | pipeline {fps:.1} fps | ratio \
+                 {:.3} | age at infer p50 {:.1} p99 {:.1} ms",
+                i + 1,
+                a.reps,
+                1e3 / self.fa[i],
+                fps / bare,
+                age.p50_ms,
+                age.p99_ms
+            );
+        }
+        Ok(())
+    }
+
+    /// Run the pipeline with `inference` on the frames; fps over `a.n` frames after the first 3 (start-up), and
+    /// the age at inference start and capture→publish latency of those frames.
+    fn pipeline(
+        &self,
+        a: &BenchArgs,
+        inference: Box<dyn Inference>,
+    ) -> anyhow::Result<(f64, crate::metrics::Latency, crate::metrics::Latency)> {
         let pool = source::buffer_pool_size(self.workers, self.cfg.pipeline.queue_depth);
         let src = ImagesSource::open(&a.frames, 0.0, true, pool)?;
         let stop = Arc::new(AtomicBool::new(false));
         let p = Pipeline::start(
             Box::new(src),
-            Box::new(det),
+            inference,
             Box::new(NullSink),
             self.labels.clone(),
             pipeline_options(&self.cfg, self.workers),
@@ -289,27 +390,21 @@ impl RowBench {
         while p.metrics.published_total() < skip && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        // A new metrics interval: the latencies below are of the measured frames only.
+        let _ = p.metrics.snapshot();
         let (t, start_count) = (Instant::now(), p.metrics.published_total());
         while p.metrics.published_total() < start_count + a.n as u64 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         let done = p.metrics.published_total() - start_count;
-        self.fc.push(done as f64 / t.elapsed().as_secs_f64());
+        let fps = done as f64 / t.elapsed().as_secs_f64();
+        let (age, lat) = (
+            p.metrics.peek(Stage::AgeAtInfer),
+            p.metrics.peek(Stage::CaptureToPublish),
+        );
         stop.store(true, Ordering::SeqCst);
         p.wait(None)?;
-        let i = self.fa.len() - 1;
-        report!(
-            "  rep {}/{} {} {}: bare {:.1} fps | preprocess {:.2} ms | pipeline {:.1} fps | ratio {:.3}",
-            i + 1,
-            a.reps,
-            self.ep,
-            self.bare.selection.precision,
-            self.fa[i],
-            self.fb[i],
-            self.fc[i],
-            self.fc[i] / self.fa[i]
-        );
-        Ok(())
+        Ok((fps, age, lat))
     }
 
     fn row(&self, a: &BenchArgs) -> Row {
@@ -332,6 +427,20 @@ impl RowBench {
             pipeline_fps: Spread::of(fc),
             ratio: Spread::of(&ratios),
             ratio_limit: t_inf / (t_inf + t_pre / cores() as f64),
+            age_at_infer_p50_ms: Spread::of(&self.age.iter().map(|x| x.0).collect::<Vec<_>>()),
+            age_at_infer_p99_ms: Spread::of(&self.age.iter().map(|x| x.1).collect::<Vec<_>>()),
+            capture_to_publish_p50_ms: Spread::of(&self.latency.iter().map(|x| x.0).collect::<Vec<_>>()),
+            capture_to_publish_p99_ms: Spread::of(&self.latency.iter().map(|x| x.1).collect::<Vec<_>>()),
+            gpu_like: (!self.gpu.is_empty()).then(|| {
+                let col = |f: fn(&(f64, f64, f64, f64)) -> f64| Spread::of(&self.gpu.iter().map(f).collect::<Vec<_>>());
+                GpuLike {
+                    pipeline_fps: col(|g| g.0),
+                    bare_fps: col(|g| g.1),
+                    ratio: col(|g| g.0 / g.1),
+                    age_at_infer_p50_ms: col(|g| g.2),
+                    age_at_infer_p99_ms: col(|g| g.3),
+                }
+            }),
             per_rep: fa.iter().zip(fb).zip(fc).map(|((a, b), c)| (*a, *b, *c)).collect(),
         }
     }
@@ -374,9 +483,18 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
             for &ep in &a.ep {
                 for p in &a.precision {
                     for &iob in &a.io_binding {
-                        let (file, trt_fp16) = model_for(m, ep, p)?;
-                        report!("loading {} on {ep} ({p}, IoBinding {iob})", file.display());
-                        benches.push(RowBench::new(ort, a, &file, ep, trt_fp16, iob, &frames)?);
+                        for &workers in &a.workers {
+                            let (file, trt_fp16) = model_for(m, ep, p)?;
+                            report!("loading {} on {ep} ({p}, IoBinding {iob})", file.display());
+                            let spec = RowSpec {
+                                model: &file,
+                                ep,
+                                trt_fp16,
+                                io_binding: iob,
+                                workers,
+                            };
+                            benches.push(RowBench::new(ort, a, spec, &frames)?);
+                        }
                     }
                 }
             }
@@ -398,12 +516,12 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
         }
     };
     outln!(
-        "| EP | model | input | prec | frames | ORT thr | workers | (a) bare fps | (b) decode+letterbox ms | (c) pipeline fps | (c)/(a) | limit |"
+        "| EP | model | input | prec | frames | ORT thr | workers | (a) bare fps | (b) decode+letterbox ms | (c) pipeline fps | (c)/(a) | limit | (c) age at infer p50/p99 ms | (c) capture→publish p50/p99 ms |"
     );
-    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         outln!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.1} / {:.1} | {:.1} / {:.1} |",
             r.ep,
             if r.io_binding { "+iob" } else { "" },
             Path::new(&r.model)
@@ -418,13 +536,44 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
             spread(&r.preprocess_ms, 2),
             spread(&r.pipeline_fps, 1),
             spread(&r.ratio, 3),
-            r.ratio_limit
+            r.ratio_limit,
+            r.age_at_infer_p50_ms.median,
+            r.age_at_infer_p99_ms.median,
+            r.capture_to_publish_p50_ms.median,
+            r.capture_to_publish_p99_ms.median
         );
     }
     outln!(
         "median [min–max] over interleaved repetitions; limit = T_inf / (T_inf + T_pre / cores); +iob: IoBinding; \
-         every row ran on the provider named (require_ep is set for each)"
+         every row ran on the provider named (require_ep is set for each); age at infer and capture→publish: \
+         medians over the repetitions of each one's p50 and p99 (spreads in --json)"
     );
+    if rows.iter().any(|r| r.gpu_like.is_some()) {
+        outln!();
+        outln!(
+            "| GPU-like: model | workers | sleep per frame ms | (d) stand-in bare fps | (d) pipeline fps | (d) pipeline / bare | (d) age at infer p50/p99 ms |"
+        );
+        outln!("|---|---|---|---|---|---|---|");
+        for r in &rows {
+            if let Some(g) = &r.gpu_like {
+                outln!(
+                    "| {} | {} | {:.1} | {} | {} | {} | {:.1} / {:.1} |",
+                    short_name(&r.model),
+                    r.workers,
+                    1e3 / r.bare_fps.median,
+                    spread(&g.bare_fps, 1),
+                    spread(&g.pipeline_fps, 1),
+                    spread(&g.ratio, 3),
+                    g.age_at_infer_p50_ms.median,
+                    g.age_at_infer_p99_ms.median
+                );
+            }
+        }
+        outln!(
+            "(d): inference replaced by a sleep of (a)'s time per frame (no CPU held, as on a GPU), real decoding and \
+             letterboxing of the same frames; ratio within each repetition"
+        );
+    }
     if rows.len() > 1 {
         for r in &rows[1..] {
             for (what, pick) in [("(a) bare fps", 0usize), ("(c) pipeline fps", 2)] {

@@ -19,6 +19,8 @@ pub enum Stage {
     Decode,
     /// Resize + pad + normalise.
     Letterbox,
+    /// Capture until inference starts on the frame: its age then (freshness).
+    AgeAtInfer,
     /// ONNX Runtime `run`.
     Infer,
     /// YOLO decoding + NMS + mapping.
@@ -27,10 +29,11 @@ pub enum Stage {
     CaptureToPublish,
 }
 
-pub const STAGES: [Stage; 6] = [
+pub const STAGES: [Stage; 7] = [
     Stage::Queue,
     Stage::Decode,
     Stage::Letterbox,
+    Stage::AgeAtInfer,
     Stage::Infer,
     Stage::Postprocess,
     Stage::CaptureToPublish,
@@ -42,6 +45,7 @@ impl Stage {
             Self::Queue => "queue",
             Self::Decode => "decode",
             Self::Letterbox => "letterbox",
+            Self::AgeAtInfer => "age_at_infer",
             Self::Infer => "infer",
             Self::Postprocess => "postprocess",
             Self::CaptureToPublish => "capture_to_publish",

@@ -77,6 +77,37 @@ impl Inference for Detector {
     }
 }
 
+/// Inference that holds no CPU: it sleeps `per_frame` and finds nothing, the way a GPU leaves the host's cores
+/// to preprocessing. `kestrel bench --gpu-like` and the tests use it to show the pipeline's own overhead.
+pub struct SleepInference {
+    pub width: u32,
+    pub height: u32,
+    pub precision: crate::model::Precision,
+    pub per_frame: Duration,
+}
+
+impl Inference for SleepInference {
+    fn input_size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+    fn new_input(&self) -> InputTensor {
+        let n = 3 * self.width as usize * self.height as usize;
+        match self.precision {
+            crate::model::Precision::F16 => InputTensor::F16(vec![half::f16::ZERO; n]),
+            crate::model::Precision::F32 => InputTensor::F32(vec![0.0; n]),
+        }
+    }
+    fn infer(&mut self, _: &InputTensor, _: f32, out: &mut Vec<Candidate>) -> Result<InferTimes, ModelError> {
+        let t0 = Instant::now();
+        std::thread::sleep(self.per_frame);
+        out.clear();
+        Ok(InferTimes {
+            run: t0.elapsed(),
+            decode: Duration::ZERO,
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Preprocessing worker threads (at least 1).
@@ -442,6 +473,10 @@ impl Pipeline {
                         continue;
                     };
                     feed.start();
+                    m.record(
+                        Stage::AgeAtInfer,
+                        Duration::from_nanos(monotonic_ns().saturating_sub(item.capture_ns)),
+                    );
                     let times = inference.infer(&item.tensor, live.get().conf, &mut candidates)?;
                     m.record(Stage::Infer, times.run);
                     let times_run = times.run;

@@ -47,7 +47,11 @@ pub(super) struct Pace {
     /// costs at most a preprocessing time, because inference going idle wakes the workers (`wake`).
     cycle_ewma_ns: AtomicU64,
     cycle_last_ns: AtomicU64,
+    /// Preparing a frame: the average and the average deviation from it. Workers plan with the average plus
+    /// twice the deviation, so that a slower preparation than usual (preprocessing competes for the cores
+    /// with ONNX Runtime, or with another worker) rarely makes inference wait.
     prep_ewma_ns: AtomicU64,
+    prep_dev_ns: AtomicU64,
     /// Waiting workers sleep on `wake`. A change that makes a frame wanted sooner than they planned (idle,
     /// a frame on its way dropped) is made under `lock` and then wakes them, so no wake-up is lost between a
     /// worker's look at the state and its sleep.
@@ -64,6 +68,7 @@ impl Pace {
             cycle_ewma_ns: AtomicU64::new(0),
             cycle_last_ns: AtomicU64::new(0),
             prep_ewma_ns: AtomicU64::new(0),
+            prep_dev_ns: AtomicU64::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }
@@ -114,14 +119,25 @@ impl Pace {
 
     /// A worker prepared a frame in `d`.
     pub(super) fn prepared(&self, d: Duration) {
-        ewma(&self.prep_ewma_ns, d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let ns = d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let mean = self.prep_ewma_ns.load(Relaxed);
+        if mean > 0 {
+            ewma(&self.prep_dev_ns, ns.abs_diff(mean));
+        }
+        ewma(&self.prep_ewma_ns, ns);
+    }
+
+    /// The preparation time to plan with.
+    fn prep_plan_ns(&self) -> u64 {
+        let dev = self.prep_dev_ns.load(Relaxed);
+        self.prep_ewma_ns.load(Relaxed).saturating_add(dev.saturating_mul(2))
     }
 
     /// How long a worker should wait now before it takes the newest frame (`None`: take it now).
     fn wait(&self, ahead: usize) -> Option<Duration> {
         let busy_since_ns = self.busy_since_ns.load(SeqCst);
         let cycle = self.cycle_ewma_ns.load(Relaxed).max(self.cycle_last_ns.load(Relaxed));
-        start_in(busy_since_ns, ahead, cycle, self.prep_ewma_ns.load(Relaxed), self.now())
+        start_in(busy_since_ns, ahead, cycle, self.prep_plan_ns(), self.now())
     }
 
     /// One look: commit to a frame (`None`) or how long to wait before looking again.
