@@ -136,6 +136,29 @@ impl Run {
     }
 }
 
+/// A pipeline with default options but for `workers`, one label.
+fn start(
+    src: Box<dyn Source>,
+    inference: Box<dyn Inference>,
+    sink: Box<dyn Sink>,
+    workers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Pipeline {
+    let opts = Options {
+        workers,
+        ..Default::default()
+    };
+    Pipeline::start(
+        src,
+        inference,
+        sink,
+        Arc::from(vec!["thing".to_string()]),
+        opts,
+        stop.clone(),
+    )
+    .unwrap()
+}
+
 fn run(src: Box<dyn Source>, delay: Duration, workers: usize, for_at_most: Duration) -> Run {
     run_with_sink(src, delay, workers, for_at_most, Duration::ZERO)
 }
@@ -150,7 +173,7 @@ fn run_with_sink(
     let (log, out) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let p = Pipeline::start(
+    let p = start(
         src,
         Box::new(SlowInference {
             delay,
@@ -160,14 +183,9 @@ fn run_with_sink(
             out: out.clone(),
             delay: sink_delay,
         }),
-        Arc::from(vec!["thing".to_string()]),
-        Options {
-            workers,
-            ..Default::default()
-        },
-        stop.clone(),
-    )
-    .unwrap();
+        workers,
+        &stop,
+    );
     let metrics = p.metrics.clone();
     let s2 = stop.clone();
     let timer = std::thread::spawn(move || {
@@ -493,18 +511,13 @@ fn with_inference_that_holds_no_cpu_the_pipeline_keeps_the_bare_rate() {
         let src =
             kestrel::source::images::ImagesSource::open(&dir, 0.0, true, source::buffer_pool_size(workers, 1)).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let p = Pipeline::start(
+        let p = start(
             Box::new(src),
             Box::new(stand_in()),
             Box::new(kestrel::sink::NullSink),
-            Arc::from(vec!["thing".to_string()]),
-            Options {
-                workers,
-                ..Default::default()
-            },
-            stop.clone(),
-        )
-        .unwrap();
+            workers,
+            &stop,
+        );
         let frames_timed = 40;
         let guard = Instant::now() + 20 * per_frame * frames_timed + Duration::from_secs(30);
         let wait_for = |n: u64| {
