@@ -19,7 +19,7 @@ report() {
   local p
   for p in "${PARTS[@]}"; do printf '   %s\n' "$p" >&2; done
   awk -v a="$suite_t0" -v b="$(date +%s.%N)" -v rc="$rc" \
-    'BEGIN{printf "   %-58s %7.1f s%s\n", "total", b - a, rc == 0 ? "" : "  (FAILED)"}' >&2
+    'BEGIN{printf "   %-72s %7.1f s%s\n", "total", b - a, rc == 0 ? "" : "  (FAILED)"}' >&2
 }
 trap report EXIT
 # part NAME CMD...: run CMD as one timed part of the suite
@@ -29,7 +29,7 @@ part() {
   local t0 rc=0; t0=$(date +%s.%N)
   "$@" || rc=$?
   PARTS+=("$(awk -v a="$t0" -v b="$(date +%s.%N)" -v n="$name" -v rc="$rc" \
-    'BEGIN{printf "%-58s %7.1f s%s", n, b - a, rc == 0 ? "" : "  (FAILED, exit " rc ")"}')")
+    'BEGIN{printf "%-72s %7.1f s%s", n, b - a, rc == 0 ? "" : "  (FAILED, exit " rc ")"}')")
   return $rc
 }
 
