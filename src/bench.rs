@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Preprocessing workers in (c), one row each (comma-separated; 0: automatic).
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "0")]
     workers: Vec<usize>,
+    /// Source rate in (c): 0 reads the frames as fast as the pipeline takes them (each frame captured when a
+    /// worker takes it); a rate paces them like a camera (the newest frame wins, older ones are dropped).
+    #[arg(long, value_name = "HZ", default_value_t = 0.0)]
+    source_fps: f64,
     /// Also measure (d): the same pipeline, frames and workers with inference that holds no CPU for the time
     /// (a) measured per frame (a sleep), the way a GPU leaves the cores to preprocessing, against that
     /// stand-in's own bare rate: the pipeline's own overhead.
@@ -154,9 +158,25 @@ pub struct Row {
     /// repetition, ms: freshness, to be read beside the fps.
     pub age_at_infer_p50_ms: Spread,
     pub age_at_infer_p99_ms: Spread,
+    /// (c) p95 within each repetition, ms.
+    pub age_at_infer_p95_ms: Spread,
+    /// (c) how long a prepared frame waited for its inference (prepared until inference started), p95 within
+    /// each repetition, ms: with an unpaced source a frame's age at inference start is its own preparation
+    /// plus this.
+    pub prepared_wait_p95_ms: Spread,
+    /// (c) one inference inside the pipeline (median within each repetition), ms: beside 1/(a), what
+    /// preprocessing running at the same time costs inference.
+    pub pipeline_infer_p50_ms: Spread,
+    /// (c) how long inference waited for a prepared frame, p50 and p99 within each repetition, ms.
+    pub infer_wait_p50_ms: Spread,
+    pub infer_wait_p99_ms: Spread,
+    /// (c) decode + letterbox of one frame inside the pipeline, median within each repetition, ms.
+    pub pipeline_preprocess_p50_ms: Spread,
     /// (c) capture until the sink wrote the result, p50 and p99 within each repetition, ms.
     pub capture_to_publish_p50_ms: Spread,
     pub capture_to_publish_p99_ms: Spread,
+    /// (c) source rate (0: unpaced).
+    pub source_fps: f64,
     /// (d), with `--gpu-like`: pipeline fps with inference that sleeps 1/(a) per frame, that stand-in's bare
     /// fps, their ratio within each repetition, and the frame age at inference start (p50, p99).
     pub gpu_like: Option<GpuLike>,
@@ -215,8 +235,23 @@ struct RowBench {
     /// (c) per repetition: age at inference start and capture→publish, (p50, p99) ms each.
     age: Vec<(f64, f64)>,
     latency: Vec<(f64, f64)>,
+    /// (c) per repetition: the rest of [`PipelineRun`].
+    runs: Vec<PipelineRun>,
     /// (d) per repetition: (pipeline fps, stand-in bare fps, age p50, age p99).
     gpu: Vec<(f64, f64, f64, f64)>,
+}
+
+/// What one pipeline run measured.
+struct PipelineRun {
+    fps: f64,
+    age: crate::metrics::Latency,
+    age_p95_ms: f64,
+    prepared_wait_p95_ms: f64,
+    latency: crate::metrics::Latency,
+    infer_p50_ms: f64,
+    infer_wait: crate::metrics::Latency,
+    /// Decode p50 + letterbox p50.
+    preprocess_p50_ms: f64,
 }
 
 /// What one row measures.
@@ -293,6 +328,7 @@ impl RowBench {
             fc: Vec::new(),
             age: Vec::new(),
             latency: Vec::new(),
+            runs: Vec::new(),
             gpu: Vec::new(),
         })
     }
@@ -316,27 +352,39 @@ impl RowBench {
         self.fb.push(t.elapsed().as_secs_f64() * 1e3 / a.n as f64);
         // (c) the full pipeline
         let det = Detector::load(rt, &self.model, None, &self.opts)?;
-        let (fps, age, lat) = self.pipeline(a, Box::new(det))?;
-        self.fc.push(fps);
-        self.age.push((f64::from(age.p50_ms), f64::from(age.p99_ms)));
-        self.latency.push((f64::from(lat.p50_ms), f64::from(lat.p99_ms)));
+        let run = self.pipeline(a, Box::new(det), a.source_fps)?;
+        self.fc.push(run.fps);
+        self.age.push((f64::from(run.age.p50_ms), f64::from(run.age.p99_ms)));
+        self.latency
+            .push((f64::from(run.latency.p50_ms), f64::from(run.latency.p99_ms)));
         let i = self.fa.len() - 1;
         report!(
-            "  rep {}/{} {} {}: bare {:.1} fps | preprocess {:.2} ms | pipeline {:.1} fps | ratio {:.3} | age at \
-             infer p50 {:.1} p99 {:.1} ms | capture→publish p50 {:.1} p99 {:.1} ms",
+            "  rep {}/{} {} {} {} worker(s): bare {:.1} fps | preprocess {:.2} ms | pipeline {:.1} fps | ratio {:.3} \
+             | age at infer p50 {:.1} p95 {:.1} p99 {:.1} ms | prepared→infer p95 {:.2} ms | capture→publish p50 \
+             {:.1} p99 {:.1} ms | in the pipeline: inference {:.1} ms (bare {:.1}), preprocessing {:.1} ms, \
+             inference waited p50 {:.2} p99 {:.2} ms",
             i + 1,
             a.reps,
+            short_name(&self.model.display().to_string()),
             self.ep,
-            self.bare.selection.precision,
+            self.workers,
             self.fa[i],
             self.fb[i],
             self.fc[i],
             self.fc[i] / self.fa[i],
-            self.age[i].0,
-            self.age[i].1,
-            self.latency[i].0,
-            self.latency[i].1
+            run.age.p50_ms,
+            run.age_p95_ms,
+            run.age.p99_ms,
+            run.prepared_wait_p95_ms,
+            run.latency.p50_ms,
+            run.latency.p99_ms,
+            run.infer_p50_ms,
+            1e3 / self.fa[i],
+            run.preprocess_p50_ms,
+            run.infer_wait.p50_ms,
+            run.infer_wait.p99_ms,
         );
+        self.runs.push(run);
         // (d) the same with inference that holds no CPU for (a)'s time per frame
         if a.gpu_like {
             let mut stand_in = SleepInference {
@@ -351,7 +399,8 @@ impl RowBench {
                 stand_in.infer(&self.tensor, 0.25, &mut self.cands)?;
             }
             let bare = n as f64 / t.elapsed().as_secs_f64();
-            let (fps, age, _) = self.pipeline(a, Box::new(stand_in))?;
+            let run = self.pipeline(a, Box::new(stand_in), a.source_fps)?;
+            let (fps, age) = (run.fps, run.age);
             self.gpu.push((fps, bare, f64::from(age.p50_ms), f64::from(age.p99_ms)));
             report!(
                 "  rep {}/{} gpu-like ({:.1} ms sleep per frame): bare {bare:.1} fps | pipeline {fps:.1} fps | ratio \
@@ -367,15 +416,11 @@ impl RowBench {
         Ok(())
     }
 
-    /// Run the pipeline with `inference` on the frames; fps over `a.n` frames after the first 3 (start-up), and
-    /// the age at inference start and capture→publish latency of those frames.
-    fn pipeline(
-        &self,
-        a: &BenchArgs,
-        inference: Box<dyn Inference>,
-    ) -> anyhow::Result<(f64, crate::metrics::Latency, crate::metrics::Latency)> {
+    /// Run the pipeline with `inference` on the frames (paced at `source_fps`, 0: unpaced), over `a.n` frames
+    /// after the first 3 (start-up).
+    fn pipeline(&self, a: &BenchArgs, inference: Box<dyn Inference>, source_fps: f64) -> anyhow::Result<PipelineRun> {
         let pool = source::buffer_pool_size(self.workers, self.cfg.pipeline.queue_depth);
-        let src = ImagesSource::open(&a.frames, 0.0, true, pool)?;
+        let src = ImagesSource::open(&a.frames, source_fps, true, pool)?;
         let stop = Arc::new(AtomicBool::new(false));
         let p = Pipeline::start(
             Box::new(src),
@@ -397,14 +442,25 @@ impl RowBench {
             std::thread::sleep(Duration::from_millis(1));
         }
         let done = p.metrics.published_total() - start_count;
-        let fps = done as f64 / t.elapsed().as_secs_f64();
-        let (age, lat) = (
-            p.metrics.peek(Stage::AgeAtInfer),
-            p.metrics.peek(Stage::CaptureToPublish),
-        );
+        let m = &p.metrics;
+        let run = PipelineRun {
+            fps: done as f64 / t.elapsed().as_secs_f64(),
+            age: m.peek(Stage::AgeAtInfer),
+            age_p95_ms: f64::from(m.peek_quantile(Stage::AgeAtInfer, 0.95)),
+            prepared_wait_p95_ms: f64::from(m.peek_quantile(Stage::PreparedWait, 0.95)),
+            latency: m.peek(Stage::CaptureToPublish),
+            infer_p50_ms: f64::from(m.peek(Stage::Infer).p50_ms),
+            infer_wait: m.peek(Stage::InferWait),
+            preprocess_p50_ms: f64::from(m.peek(Stage::Decode).p50_ms + m.peek(Stage::Letterbox).p50_ms),
+        };
         stop.store(true, Ordering::SeqCst);
         p.wait(None)?;
-        Ok((fps, age, lat))
+        Ok(run)
+    }
+
+    /// One measure of (c) over the repetitions.
+    fn col(&self, f: fn(&PipelineRun) -> f64) -> Spread {
+        Spread::of(&self.runs.iter().map(f).collect::<Vec<_>>())
     }
 
     fn row(&self, a: &BenchArgs) -> Row {
@@ -429,8 +485,15 @@ impl RowBench {
             ratio_limit: t_inf / (t_inf + t_pre / cores() as f64),
             age_at_infer_p50_ms: Spread::of(&self.age.iter().map(|x| x.0).collect::<Vec<_>>()),
             age_at_infer_p99_ms: Spread::of(&self.age.iter().map(|x| x.1).collect::<Vec<_>>()),
+            age_at_infer_p95_ms: self.col(|r| r.age_p95_ms),
+            prepared_wait_p95_ms: self.col(|r| r.prepared_wait_p95_ms),
+            pipeline_infer_p50_ms: self.col(|r| r.infer_p50_ms),
+            infer_wait_p50_ms: self.col(|r| f64::from(r.infer_wait.p50_ms)),
+            infer_wait_p99_ms: self.col(|r| f64::from(r.infer_wait.p99_ms)),
+            pipeline_preprocess_p50_ms: self.col(|r| r.preprocess_p50_ms),
             capture_to_publish_p50_ms: Spread::of(&self.latency.iter().map(|x| x.0).collect::<Vec<_>>()),
             capture_to_publish_p99_ms: Spread::of(&self.latency.iter().map(|x| x.1).collect::<Vec<_>>()),
+            source_fps: a.source_fps,
             gpu_like: (!self.gpu.is_empty()).then(|| {
                 let col = |f: fn(&(f64, f64, f64, f64)) -> f64| Spread::of(&self.gpu.iter().map(f).collect::<Vec<_>>());
                 GpuLike {
@@ -516,17 +579,15 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
         }
     };
     outln!(
-        "| EP | model | input | prec | frames | ORT thr | workers | (a) bare fps | (b) decode+letterbox ms | (c) pipeline fps | (c)/(a) | limit | (c) age at infer p50/p99 ms | (c) capture→publish p50/p99 ms |"
+        "| EP | model | input | prec | frames | ORT thr | workers | (a) bare fps | (b) decode+letterbox ms | (c) pipeline fps | (c)/(a) | limit | (c) age at infer p50/p95/p99 ms | (c) prepared→infer p95 ms | (c) capture→publish p50/p99 ms | (c) infer ms, 1/(a) ms |"
     );
-    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         outln!(
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            "| {}{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.3} | {:.1} / {:.1} / {:.1} | {:.2} | {:.1} / {:.1} | {:.1}, {:.1} |",
             r.ep,
             if r.io_binding { "+iob" } else { "" },
-            Path::new(&r.model)
-                .file_name()
-                .map_or(r.model.clone(), |n| n.to_string_lossy().into_owned()),
+            short_name(&r.model),
             r.input,
             r.precision,
             r.frame_size,
@@ -538,15 +599,24 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
             spread(&r.ratio, 3),
             r.ratio_limit,
             r.age_at_infer_p50_ms.median,
+            r.age_at_infer_p95_ms.median,
             r.age_at_infer_p99_ms.median,
+            r.prepared_wait_p95_ms.median,
             r.capture_to_publish_p50_ms.median,
-            r.capture_to_publish_p99_ms.median
+            r.capture_to_publish_p99_ms.median,
+            r.pipeline_infer_p50_ms.median,
+            1e3 / r.bare_fps.median
         );
     }
     outln!(
         "median [min–max] over interleaved repetitions; limit = T_inf / (T_inf + T_pre / cores); +iob: IoBinding; \
-         every row ran on the provider named (require_ep is set for each); age at infer and capture→publish: \
-         medians over the repetitions of each one's p50 and p99 (spreads in --json)"
+         every row ran on the provider named (require_ep is set for each); the columns after the limit: medians \
+         over the repetitions of each one's percentiles (spreads in --json); source in (c): {}",
+        if a.source_fps > 0.0 {
+            format!("paced at {} fps (the newest frame wins)", a.source_fps)
+        } else {
+            "unpaced (each frame captured when a worker takes it)".to_string()
+        }
     );
     if rows.iter().any(|r| r.gpu_like.is_some()) {
         outln!();

@@ -21,6 +21,10 @@ pub enum Stage {
     Letterbox,
     /// Capture until inference starts on the frame: its age then (freshness).
     AgeAtInfer,
+    /// Prepared until inference started on the frame: how long a prepared frame waited.
+    PreparedWait,
+    /// Inference ready for its next frame until it has one: time it waited for preprocessing.
+    InferWait,
     /// ONNX Runtime `run`.
     Infer,
     /// YOLO decoding + NMS + mapping.
@@ -29,11 +33,13 @@ pub enum Stage {
     CaptureToPublish,
 }
 
-pub const STAGES: [Stage; 7] = [
+pub const STAGES: [Stage; 9] = [
     Stage::Queue,
     Stage::Decode,
     Stage::Letterbox,
     Stage::AgeAtInfer,
+    Stage::PreparedWait,
+    Stage::InferWait,
     Stage::Infer,
     Stage::Postprocess,
     Stage::CaptureToPublish,
@@ -46,6 +52,8 @@ impl Stage {
             Self::Decode => "decode",
             Self::Letterbox => "letterbox",
             Self::AgeAtInfer => "age_at_infer",
+            Self::PreparedWait => "prepared_wait",
+            Self::InferWait => "infer_wait",
             Self::Infer => "infer",
             Self::Postprocess => "postprocess",
             Self::CaptureToPublish => "capture_to_publish",
@@ -203,6 +211,15 @@ impl Metrics {
             p99_ms: percentile(&mut samples.0, 0.99),
             max_ms: samples.2,
         }
+    }
+
+    /// One stage's `q`-quantile (0..=1) in ms over the current interval, without starting a new one.
+    pub fn peek_quantile(&self, stage: Stage, q: f64) -> f32 {
+        let mut samples = {
+            let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+            rings[stage as usize].samples.clone()
+        };
+        percentile(&mut samples, q)
     }
 
     /// Include a source's health in snapshots (set once, at pipeline start).

@@ -10,8 +10,10 @@
 //!   one being inferred), so workers never prepare frames that inference cannot take; and a worker that got a
 //!   tensor while inference is busy waits until inference is about one preprocessing time from wanting its
 //!   next frame before it takes the newest one. A frame thus enters inference about one preprocessing time
-//!   after capture, not a queue's worth of frames later. The protocol between the workers and inference is in
-//!   [`pace`].
+//!   after capture, not a queue's worth of frames later. How much earlier than the average preprocessing time
+//!   a worker starts is adapted to what the frames meet: at most one frame in twenty waits more than a
+//!   millisecond and a quarter after it is prepared, whatever the host's jitter. The protocol between the
+//!   workers and inference is in [`pace`].
 //! - **Newest first, in order**: inference takes the newest prepared frame (older ones: `stale`) and never one
 //!   older than the last it ran (`out_of_order`), so results leave in strictly increasing sequence.
 //! - Frame buffers, tensors and detection vectors are pooled: nothing is allocated per frame in steady state.
@@ -145,6 +147,8 @@ pub fn default_workers(cores: usize) -> usize {
 struct Prepared {
     seq: u64,
     capture_ns: u64,
+    /// When the worker finished preparing it.
+    ready_ns: u64,
     lb: Letterbox,
     tensor: Pooled<InputTensor>,
     times: FrameTimes,
@@ -153,6 +157,9 @@ struct Prepared {
 impl pace::Sequenced for Prepared {
     fn seq(&self) -> u64 {
         self.seq
+    }
+    fn ready_ns(&self) -> u64 {
+        self.ready_ns
     }
 }
 
@@ -406,11 +413,27 @@ impl Pipeline {
                     if !pace.claim(poll, &stopped) {
                         return Ok(());
                     }
-                    let Some(frame) = recv_or_stop(&frames_rx, poll, &stopped) else {
+                    let next = match frames_rx.try_recv() {
+                        Ok(frame) => Some(frame),
+                        Err(_) => {
+                            pace.source_was_late();
+                            recv_or_stop(&frames_rx, poll, &stopped)
+                        }
+                    };
+                    let Some(mut frame) = next else {
+                        // The source ended (or a stop): the frame committed to will never be on its way, and
+                        // a worker still waiting must not plan behind it.
+                        pace.dropped_one();
                         return Ok(());
                     };
                     let t0 = Instant::now();
                     let t0_ns = monotonic_ns();
+                    // An unpaced source (files, as fast as the pipeline takes them) has no moment of capture
+                    // of its own; it reads one frame ahead only to hide its I/O. Its frame is captured when a
+                    // worker takes it, as from a camera that delivered a frame the moment one was wanted.
+                    if !paced {
+                        frame.capture_ns = t0_ns;
+                    }
                     m.record(
                         Stage::Queue,
                         Duration::from_nanos(t0_ns.saturating_sub(frame.capture_ns)),
@@ -423,6 +446,7 @@ impl Pipeline {
                             let item = Prepared {
                                 seq: frame.seq,
                                 capture_ns: frame.capture_ns,
+                                ready_ns: monotonic_ns(),
                                 lb,
                                 tensor,
                                 times: FrameTimes {
@@ -473,9 +497,15 @@ impl Pipeline {
                         continue;
                     };
                     feed.start();
+                    m.record(Stage::InferWait, feed.last_wait);
+                    let now_ns = monotonic_ns();
                     m.record(
                         Stage::AgeAtInfer,
-                        Duration::from_nanos(monotonic_ns().saturating_sub(item.capture_ns)),
+                        Duration::from_nanos(now_ns.saturating_sub(item.capture_ns)),
+                    );
+                    m.record(
+                        Stage::PreparedWait,
+                        Duration::from_nanos(now_ns.saturating_sub(item.ready_ns)),
                     );
                     let times = inference.infer(&item.tensor, live.get().conf, &mut candidates)?;
                     m.record(Stage::Infer, times.run);
@@ -484,6 +514,7 @@ impl Pipeline {
                     let Prepared {
                         seq,
                         capture_ns,
+                        ready_ns: _,
                         lb,
                         tensor,
                         mut times,
