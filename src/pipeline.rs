@@ -11,8 +11,9 @@
 //!   tensor while inference is busy waits until inference is about one preprocessing time from wanting its
 //!   next frame before it takes the newest one. A frame thus enters inference about one preprocessing time
 //!   after capture, not a queue's worth of frames later. How much earlier than the average preprocessing time
-//!   a worker starts is adapted to what the frames meet: at most one frame in twenty waits more than a
-//!   millisecond and a quarter after it is prepared, whatever the host's jitter. The protocol between the
+//!   a worker starts is adapted to the waits that happen: on a steady host no frame waits more than a
+//!   millisecond and a quarter once prepared and inference never waits; where preprocessing or inference
+//!   varies by more, frames and inference wait over that about equally often. The protocol between the
 //!   workers and inference is in [`pace`].
 //! - **Newest first, in order**: inference takes the newest prepared frame (older ones: `stale`) and never one
 //!   older than the last it ran (`out_of_order`), so results leave in strictly increasing sequence.

@@ -28,12 +28,13 @@ use crossbeam_channel::{Receiver, TryRecvError};
 /// Slack against jitter at the start: a worker aims to finish this long before inference wants the frame.
 /// From then on the lead adapts (see [`Pace::observe`]).
 const MARGIN_NS: u64 = 1_000_000;
-/// Freshness budget: a prepared frame should wait for its inference at most this long, but for one frame
-/// in [`LATE_ONE_IN`].
+/// Freshness budget: how long a prepared frame should wait for its inference, and inference for its frame,
+/// at most.
 const FRESH_NS: u64 = 1_250_000;
+/// Frames that waited longer than [`FRESH_NS`] settle at one in this many more than inferences that did.
 const LATE_ONE_IN: i64 = 20;
-/// How much the lead moves down after a frame waited longer than [`FRESH_NS`] (and up by a
-/// `LATE_ONE_IN - 1`th of it after every other frame).
+/// How much the lead moves after a wait over [`FRESH_NS`] (and up by a `LATE_ONE_IN - 1`th of it after a
+/// frame within the budget both ways).
 const LEAD_STEP_NS: i64 = 300_000;
 /// How often a worker looks again while inference is busy but no cycle has been measured yet.
 const UNKNOWN_RECHECK: Duration = Duration::from_millis(1);
@@ -60,9 +61,9 @@ pub(super) struct Pace {
     /// with another worker).
     prep_ewma_ns: AtomicU64,
     /// How long before inference wants a frame a worker aims to have it ready: the slack against a
-    /// preparation slower, or an inference shorter, than planned. Adapted to what happens (see
-    /// [`Self::observe`]): as small as keeps one frame in [`LATE_ONE_IN`] from waiting longer than
-    /// [`FRESH_NS`] after it was prepared, so no machine's jitter is guessed at.
+    /// preparation slower, or an inference shorter, than planned. Negative: plan with less than the average
+    /// preparation. Adapted to the waits that happen (see [`Self::observe`]), so no machine's jitter is
+    /// guessed at.
     lead_ns: AtomicI64,
     /// A worker committed to a frame before the source had one: inference then waits for the camera, not
     /// for preparation, and that wait says nothing about the lead.
