@@ -21,7 +21,7 @@ pub enum Stage {
     Letterbox,
     /// Capture until inference starts on the frame: its age then (freshness).
     AgeAtInfer,
-    /// Prepared until inference started on the frame: how long a prepared frame waited.
+    /// Prepared until inference took the frame: how long a prepared frame waited.
     PreparedWait,
     /// Inference ready for its next frame until it has one: time it waited for preprocessing.
     InferWait,

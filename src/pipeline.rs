@@ -499,14 +499,10 @@ impl Pipeline {
                     };
                     feed.start();
                     m.record(Stage::InferWait, feed.last_wait);
-                    let now_ns = monotonic_ns();
+                    m.record(Stage::PreparedWait, feed.last_frame_wait);
                     m.record(
                         Stage::AgeAtInfer,
-                        Duration::from_nanos(now_ns.saturating_sub(item.capture_ns)),
-                    );
-                    m.record(
-                        Stage::PreparedWait,
-                        Duration::from_nanos(now_ns.saturating_sub(item.ready_ns)),
+                        Duration::from_nanos(monotonic_ns().saturating_sub(item.capture_ns)),
                     );
                     let times = inference.infer(&item.tensor, live.get().conf, &mut candidates)?;
                     m.record(Stage::Infer, times.run);

@@ -268,6 +268,8 @@ pub(super) struct Feed<S> {
     /// How long inference waited for the frame [`Self::next`] gave last (0 when one was queued, and for the
     /// first frame: that wait is the start-up).
     pub(super) last_wait: Duration,
+    /// How long that frame had waited since it was prepared.
+    pub(super) last_frame_wait: Duration,
 }
 
 impl<S> Feed<S> {
@@ -280,6 +282,7 @@ impl<S> Feed<S> {
             cycle_start_ns: None,
             wanted_since_ns: None,
             last_wait: Duration::ZERO,
+            last_frame_wait: Duration::ZERO,
         }
     }
 
@@ -322,10 +325,8 @@ impl<S> Feed<S> {
         let now = self.pace.now();
         let inference_waited = self.wanted_since_ns.take().map_or(0, |t| now.saturating_sub(t));
         self.last_wait = Duration::from_nanos(inference_waited);
-        self.pace.observe(
-            Duration::from_nanos(now.saturating_sub(item.ready_ns())),
-            self.last_wait,
-        );
+        self.last_frame_wait = Duration::from_nanos(now.saturating_sub(item.ready_ns()));
+        self.pace.observe(self.last_frame_wait, self.last_wait);
         Some(item)
     }
 
