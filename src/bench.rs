@@ -160,7 +160,7 @@ pub struct Row {
     pub age_at_infer_p99_ms: Spread,
     /// (c) p95 within each repetition, ms.
     pub age_at_infer_p95_ms: Spread,
-    /// (c) how long a prepared frame waited for its inference (prepared until inference started), p95 within
+    /// (c) how long a prepared frame waited for its inference (prepared until inference took it), p95 within
     /// each repetition, ms: with an unpaced source a frame's age at inference start is its own preparation
     /// plus this.
     pub prepared_wait_p95_ms: Spread,
@@ -232,10 +232,7 @@ struct RowBench {
     fa: Vec<f64>,
     fb: Vec<f64>,
     fc: Vec<f64>,
-    /// (c) per repetition: age at inference start and capture→publish, (p50, p99) ms each.
-    age: Vec<(f64, f64)>,
-    latency: Vec<(f64, f64)>,
-    /// (c) per repetition: the rest of [`PipelineRun`].
+    /// (c) per repetition: what the pipeline run measured besides its fps.
     runs: Vec<PipelineRun>,
     /// (d) per repetition: (pipeline fps, stand-in bare fps, age p50, age p99).
     gpu: Vec<(f64, f64, f64, f64)>,
@@ -326,8 +323,6 @@ impl RowBench {
             fa: Vec::new(),
             fb: Vec::new(),
             fc: Vec::new(),
-            age: Vec::new(),
-            latency: Vec::new(),
             runs: Vec::new(),
             gpu: Vec::new(),
         })
@@ -354,9 +349,6 @@ impl RowBench {
         let det = Detector::load(rt, &self.model, None, &self.opts)?;
         let run = self.pipeline(a, Box::new(det), a.source_fps)?;
         self.fc.push(run.fps);
-        self.age.push((f64::from(run.age.p50_ms), f64::from(run.age.p99_ms)));
-        self.latency
-            .push((f64::from(run.latency.p50_ms), f64::from(run.latency.p99_ms)));
         let i = self.fa.len() - 1;
         report!(
             "  rep {}/{} {} {} {} worker(s): bare {:.1} fps | preprocess {:.2} ms | pipeline {:.1} fps | ratio {:.3} \
@@ -483,16 +475,16 @@ impl RowBench {
             pipeline_fps: Spread::of(fc),
             ratio: Spread::of(&ratios),
             ratio_limit: t_inf / (t_inf + t_pre / cores() as f64),
-            age_at_infer_p50_ms: Spread::of(&self.age.iter().map(|x| x.0).collect::<Vec<_>>()),
-            age_at_infer_p99_ms: Spread::of(&self.age.iter().map(|x| x.1).collect::<Vec<_>>()),
+            age_at_infer_p50_ms: self.col(|r| f64::from(r.age.p50_ms)),
+            age_at_infer_p99_ms: self.col(|r| f64::from(r.age.p99_ms)),
             age_at_infer_p95_ms: self.col(|r| r.age_p95_ms),
             prepared_wait_p95_ms: self.col(|r| r.prepared_wait_p95_ms),
             pipeline_infer_p50_ms: self.col(|r| r.infer_p50_ms),
             infer_wait_p50_ms: self.col(|r| f64::from(r.infer_wait.p50_ms)),
             infer_wait_p99_ms: self.col(|r| f64::from(r.infer_wait.p99_ms)),
             pipeline_preprocess_p50_ms: self.col(|r| r.preprocess_p50_ms),
-            capture_to_publish_p50_ms: Spread::of(&self.latency.iter().map(|x| x.0).collect::<Vec<_>>()),
-            capture_to_publish_p99_ms: Spread::of(&self.latency.iter().map(|x| x.1).collect::<Vec<_>>()),
+            capture_to_publish_p50_ms: self.col(|r| f64::from(r.latency.p50_ms)),
+            capture_to_publish_p99_ms: self.col(|r| f64::from(r.latency.p99_ms)),
             source_fps: a.source_fps,
             gpu_like: (!self.gpu.is_empty()).then(|| {
                 let col = |f: fn(&(f64, f64, f64, f64)) -> f64| Spread::of(&self.gpu.iter().map(f).collect::<Vec<_>>());
