@@ -200,26 +200,25 @@ impl Metrics {
 
     /// One stage's latency over the current interval, without starting a new one.
     pub fn peek(&self, stage: Stage) -> Latency {
-        let mut samples = {
-            let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
-            let r = &rings[stage as usize];
-            (r.samples.clone(), r.count, r.max)
-        };
+        let (mut samples, count, max_ms) = self.samples(stage);
         Latency {
-            count: samples.1,
-            p50_ms: percentile(&mut samples.0, 0.50),
-            p99_ms: percentile(&mut samples.0, 0.99),
-            max_ms: samples.2,
+            count,
+            p50_ms: percentile(&mut samples, 0.50),
+            p99_ms: percentile(&mut samples, 0.99),
+            max_ms,
         }
     }
 
     /// One stage's `q`-quantile (0..=1) in ms over the current interval, without starting a new one.
     pub fn peek_quantile(&self, stage: Stage, q: f64) -> f32 {
-        let mut samples = {
-            let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
-            rings[stage as usize].samples.clone()
-        };
-        percentile(&mut samples, q)
+        percentile(&mut self.samples(stage).0, q)
+    }
+
+    /// A copy of one stage's samples of the current interval, its count and its maximum.
+    fn samples(&self, stage: Stage) -> (Vec<f32>, u64, f32) {
+        let rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        let r = &rings[stage as usize];
+        (r.samples.clone(), r.count, r.max)
     }
 
     /// Include a source's health in snapshots (set once, at pipeline start).
