@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use super::{Playback, SourceError};
-use crate::decode::decode_image;
-use crate::frame::{monotonic_ns, Frame, PixelFormat};
+use kestrel_core::clock::monotonic_ns;
+use kestrel_core::frame::{Frame, PixelFormat};
+use kestrel_vision::decode::decode_image;
 
 struct Item {
     format: PixelFormat,
@@ -98,7 +99,7 @@ impl super::Source for ImagesSource {
             format: item.format,
             width: item.width,
             height: item.height,
-            yuv: crate::yuv::YuvSpec::BT601_LIMITED,
+            yuv: kestrel_vision::yuv::YuvSpec::BT601_LIMITED,
             data: buf,
         }))
     }

@@ -5,7 +5,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use super::{Playback, SourceError};
-use crate::frame::{monotonic_ns, Frame, PixelFormat};
+use kestrel_core::clock::monotonic_ns;
+use kestrel_core::frame::{Frame, PixelFormat};
 
 /// Result of splitting a byte stream into JPEG frames.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -178,7 +179,7 @@ impl super::Source for MjpegSource {
             format: PixelFormat::Jpeg,
             width: 0,
             height: 0,
-            yuv: crate::yuv::YuvSpec::BT601_LIMITED,
+            yuv: kestrel_vision::yuv::YuvSpec::BT601_LIMITED,
             data: buf,
         }))
     }
@@ -210,7 +211,7 @@ mod tests {
         );
         assert_eq!((s.truncated, s.skipped_bytes), (0, 7));
         for r in s.frames {
-            assert!(crate::decode::decode_image(&stream[r]).is_ok());
+            assert!(kestrel_vision::decode::decode_image(&stream[r]).is_ok());
         }
     }
 

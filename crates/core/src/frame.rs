@@ -1,7 +1,8 @@
 //! Frames as they travel from a source into the pipeline.
 
+use serde::Serialize;
+
 use crate::pool::Pooled;
-use crate::yuv::YuvSpec;
 
 /// Pixel layout of a frame's bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -33,14 +34,44 @@ pub struct Frame {
     pub data: Pooled<Vec<u8>>,
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds (the clock V4L2 timestamps use).
-pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// The Y'CbCr → R'G'B' matrix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Matrix {
+    #[default]
+    Bt601,
+    Bt709,
 }
 
-/// CLOCK_REALTIME now, in nanoseconds since the Unix epoch.
-pub fn realtime_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// The quantisation range of Y'CbCr samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Range {
+    /// Y' 16–235, Cb/Cr 16–240 ("studio", "limited", V4L2_QUANTIZATION_LIM_RANGE).
+    #[default]
+    Limited,
+    /// 0–255 (V4L2_QUANTIZATION_FULL_RANGE, JPEG).
+    Full,
+}
+
+/// How a frame's Y'CbCr samples map to RGB.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct YuvSpec {
+    pub matrix: Matrix,
+    pub range: Range,
+}
+
+impl YuvSpec {
+    pub const BT601_LIMITED: Self = Self {
+        matrix: Matrix::Bt601,
+        range: Range::Limited,
+    };
+
+    /// (Kr, Kb) of the matrix.
+    pub fn kr_kb(self) -> (f64, f64) {
+        match self.matrix {
+            Matrix::Bt601 => (0.299, 0.114),
+            Matrix::Bt709 => (0.2126, 0.0722),
+        }
+    }
 }

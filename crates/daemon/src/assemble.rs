@@ -1,22 +1,67 @@
 //! Assemble a running pipeline from a [`Config`]: runtime, model, source, sink, thread budget.
 
-use anyhow::Context as _;
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use thiserror::Error;
+
 use crate::config::{Config, OutputFormat, OutputKind};
-use crate::detect::Thresholds;
+use crate::mavlink::MavlinkError;
 use crate::metrics::Metrics;
-use crate::model::{Detector, SessionOptions};
+use crate::pipeline::PipelineError;
 use crate::pipeline::{default_workers, Options, Pipeline};
-use crate::publish::protocol::{Hello, ModelHello};
+use crate::publish::PublishError;
 use crate::publish::TeeSink;
 use crate::sink::{JsonLinesSink, NullSink, Sink, SinkSwap, SwappableSink, TextSink};
-use crate::{runtime, source};
+use crate::startup::StartupTestError;
+use kestrel_camera::SourceError;
+use kestrel_infer::detect::Thresholds;
+use kestrel_infer::model::ModelError;
+use kestrel_infer::model::{Detector, SessionOptions};
+use kestrel_infer::runtime;
+use kestrel_infer::runtime::RuntimeError;
+use kestrel_protocol::{Hello, ModelHello};
+use kestrel_vision::angles::IntrinsicsError;
+
+/// Why the daemon could not start (each keeps the error it came from).
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    SelfTest(#[from] StartupTestError),
+    #[error("model warm-up failed: {0}")]
+    WarmUp(#[source] ModelError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("mavlink.enabled needs [intrinsics]")]
+    MavlinkWithoutIntrinsics,
+    #[error("intrinsics: {0}")]
+    Intrinsics(#[from] IntrinsicsError),
+    #[error(transparent)]
+    Mavlink(#[from] MavlinkError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Why the configured output could not be opened.
+#[derive(Debug, Error)]
+pub enum OutputError {
+    #[error("output.path is required for output.kind = \"file\"")]
+    MissingPath,
+    #[error("cannot open output file {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+}
 
 /// CPU cores available to this process.
 pub fn cores() -> usize {
@@ -65,26 +110,25 @@ pub fn pipeline_options(cfg: &Config, workers: usize) -> Options {
         intrinsics: cfg
             .intrinsics
             .as_ref()
-            .and_then(|i| crate::angles::Intrinsics::new(i).ok()),
+            .and_then(|i| kestrel_vision::angles::Intrinsics::new(i).ok()),
     }
 }
 
 /// The sink a config asks for.
-pub fn open_sink(cfg: &Config) -> anyhow::Result<Box<dyn Sink>> {
+pub fn open_sink(cfg: &Config) -> Result<Box<dyn Sink>, OutputError> {
     let writer: Box<dyn Write + Send> = match cfg.output.kind {
         OutputKind::None => return Ok(Box::new(NullSink)),
         OutputKind::Stdout => Box::new(std::io::stdout()),
         OutputKind::File => {
-            let path = cfg
-                .output
-                .path
-                .as_deref()
-                .context("output.path is required for output.kind = \"file\"")?;
+            let path = cfg.output.path.as_deref().ok_or(OutputError::MissingPath)?;
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .with_context(|| format!("cannot open output file {}", path.display()))?;
+                .map_err(|source| OutputError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             Box::new(BufWriter::new(f))
         }
     };
@@ -112,7 +156,7 @@ pub fn start(
     cli_ort: Option<&Path>,
     stop: Arc<AtomicBool>,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<Daemon> {
+) -> Result<Daemon, StartError> {
     progress("loading ONNX Runtime");
     let rt = runtime::init(cli_ort.or(cfg.runtime.ort_lib.as_deref()))?;
     let (workers, intra) = thread_budget(cfg);
@@ -127,20 +171,20 @@ pub fn start(
         detector.selection.precision
     );
     if cfg.selftest.enabled {
-        detector = crate::selftest::at_start(rt, cfg, &opts, detector, progress)?;
+        detector = crate::startup::at_start(rt, cfg, &opts, detector, progress)?;
     }
     let runs = cfg.runtime.warmup_runs as usize;
     if runs > 0 {
         progress(&format!("warming up the model ({runs} runs)"));
-        let times = detector.warm_up(runs).context("model warm-up failed")?;
+        let times = detector.warm_up(runs).map_err(StartError::WarmUp)?;
         let ms: Vec<String> = times.iter().map(|t| format!("{:.1}", t.as_secs_f64() * 1e3)).collect();
         log::info!("warm-up: {runs} runs, {} ms", ms.join(", "));
     }
     let info = &detector.info;
     let labels: Arc<[String]> = info.labels.clone().into();
-    let pool = source::buffer_pool_size(workers, cfg.pipeline.queue_depth);
+    let pool = kestrel_camera::buffer_pool_size(workers, cfg.pipeline.queue_depth);
     progress(&format!("opening source {}", source_label(cfg)));
-    let src = source::open(&cfg.source, pool)?;
+    let src = kestrel_camera::open(&cfg.source, pool)?;
     log::info!("source {}", src.name());
     let source_name = src.name().to_string();
     let metrics = Arc::new(Metrics::new());
@@ -148,9 +192,9 @@ pub fn start(
     let mut sink: Box<dyn Sink> = Box::new(primary);
     if cfg.mavlink.enabled {
         let Some(intrinsics) = cfg.intrinsics.as_ref() else {
-            anyhow::bail!("mavlink.enabled needs [intrinsics]");
+            return Err(StartError::MavlinkWithoutIntrinsics);
         };
-        let intrinsics = crate::angles::Intrinsics::new(intrinsics).map_err(anyhow::Error::msg)?;
+        let intrinsics = kestrel_vision::angles::Intrinsics::new(intrinsics)?;
         let m = crate::mavlink::MavlinkSink::new(&cfg.mavlink, intrinsics, &info.labels)?;
         log::info!(
             "MAVLink LANDING_TARGET for class {:?} (id {}) to {}",
@@ -162,7 +206,7 @@ pub fn start(
     }
     let publisher = if cfg.publish.enabled {
         let hello = Hello {
-            protocol: crate::publish::protocol::VERSION,
+            protocol: kestrel_protocol::VERSION,
             kestrel: env!("CARGO_PKG_VERSION").into(),
             model: ModelHello {
                 path: info.path.display().to_string(),
@@ -170,8 +214,8 @@ pub fn start(
                 input_height: info.input_height,
                 precision: format!("{:?}", info.input_precision).to_lowercase(),
                 layout: match info.layout {
-                    crate::yolo::OutputLayout::Yolov5 { .. } => "yolov5".into(),
-                    crate::yolo::OutputLayout::Yolov8 { .. } => "yolov8".into(),
+                    kestrel_vision::yolo::OutputLayout::Yolov5 { .. } => "yolov5".into(),
+                    kestrel_vision::yolo::OutputLayout::Yolov8 { .. } => "yolov8".into(),
                 },
             },
             labels: info.labels.clone(),
@@ -233,11 +277,11 @@ pub struct Reload {
 impl Reload {
     /// Apply `new` (loaded and validated). All or nothing: if the new output cannot be opened, nothing
     /// changes. Returns one line per change (empty: nothing to do).
-    pub fn apply(&mut self, new: Config) -> anyhow::Result<Vec<String>> {
+    pub fn apply(&mut self, new: Config) -> Result<Vec<String>, OutputError> {
         let old = &self.running;
         let mut changes = Vec::new();
         if new.output != old.output || new.output.kind == OutputKind::File {
-            let sink = open_sink(&new).context("output")?;
+            let sink = open_sink(&new)?;
             self.output.replace(sink);
             if new.output == old.output {
                 changes.push("output file reopened".to_string());

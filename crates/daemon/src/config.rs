@@ -5,6 +5,8 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+pub use kestrel_camera::config::{CameraFormat, SourceConfig, SourceKind, SyntheticFormat};
+
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/kestrel/kestrel.toml";
 
@@ -32,7 +34,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub metrics: MetricsConfig,
     /// Camera intrinsics; when set, every detection carries its angles from the optical axis.
-    pub intrinsics: Option<crate::angles::IntrinsicsConfig>,
+    pub intrinsics: Option<kestrel_vision::angles::IntrinsicsConfig>,
     /// The detection socket.
     pub publish: crate::publish::PublishConfig,
     /// MAVLink LANDING_TARGET output (off by default).
@@ -71,97 +73,6 @@ pub struct LogConfig {
     /// `RUST_LOG`-style filter, e.g. `"info"` or `"warn,kestrel=debug,ort=info"` (ONNX Runtime's own messages
     /// have the target `ort`). `--log` and `RUST_LOG` take precedence; default `"warn,kestrel=info"`.
     pub filter: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// Image files (a file or a directory of JPEG/PNG files), looped.
-    Images,
-    /// A file of concatenated JPEG frames (what MJPEG cameras produce).
-    #[default]
-    Mjpeg,
-    /// Generated frames with moving shapes, for load tests.
-    Synthetic,
-    /// A V4L2 camera (`device`).
-    V4l2,
-}
-
-/// Camera pixel formats Kestrel can take, in the names the config uses.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CameraFormat {
-    /// Motion JPEG (`MJPG`, also `JPEG`): the camera compresses, least USB bandwidth.
-    Mjpeg,
-    /// Packed 4:2:2 (`YUYV`).
-    Yuyv,
-    /// Semi-planar 4:2:0 (`NV12`).
-    Nv12,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SyntheticFormat {
-    #[default]
-    Jpeg,
-    Rgb,
-    Yuyv,
-    Nv12,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SourceConfig {
-    pub kind: SourceKind,
-    /// `images`: a file or directory; `mjpeg`: a file. Relative paths are relative to the config file.
-    pub path: PathBuf,
-    /// Frame pacing in frames per second; 0 delivers frames as fast as the pipeline takes them.
-    pub fps_hz: f64,
-    /// Start again at the first frame after the last (`images`, `mjpeg`); otherwise the source ends.
-    pub loop_frames: bool,
-    /// `synthetic`: frame size and pixel format.
-    pub width: u32,
-    pub height: u32,
-    pub format: SyntheticFormat,
-    /// `synthetic`: stop after this many frames (0: never).
-    pub frames: u64,
-    /// `synthetic`, for tests: after this many frames deliver nothing more but do not end (0: never) — a hung
-    /// camera, to check that the watchdog fires.
-    pub stall_after_frames: u64,
-    /// `v4l2`: the device, by path; a stable `/dev/v4l/by-id/…` or `/dev/v4l/by-path/…` name survives the
-    /// camera coming back as another `/dev/videoN`. Used as given (not relative to the config file).
-    pub device: PathBuf,
-    /// `v4l2`: pixel formats in order of preference; the first one the camera offers is used.
-    pub pixel_formats: Vec<CameraFormat>,
-    /// `v4l2`: mmap buffers the driver cycles through.
-    pub buffers: u32,
-    /// `v4l2`: no frame for this long while streaming counts as a dequeue timeout and restarts the stream.
-    pub dequeue_timeout_ms: u64,
-    /// `v4l2`: after losing the camera, retry opening it after this long, doubling up to `reconnect_max_ms`.
-    pub reconnect_min_ms: u64,
-    pub reconnect_max_ms: u64,
-}
-
-impl Default for SourceConfig {
-    fn default() -> Self {
-        Self {
-            kind: SourceKind::Mjpeg,
-            path: PathBuf::from("demo/clip.mjpeg"),
-            fps_hz: 15.0,
-            loop_frames: true,
-            width: 1920,
-            height: 1080,
-            format: SyntheticFormat::Jpeg,
-            frames: 0,
-            stall_after_frames: 0,
-            device: PathBuf::from("/dev/video0"),
-            pixel_formats: vec![CameraFormat::Mjpeg, CameraFormat::Yuyv, CameraFormat::Nv12],
-            buffers: 4,
-            dequeue_timeout_ms: 2000,
-            reconnect_min_ms: 100,
-            reconnect_max_ms: 2000,
-        }
-    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -207,10 +118,10 @@ pub struct RuntimeConfig {
     pub inter_threads: usize,
     /// Execution providers in order of preference: `"tensorrt"`, `"cuda"`, `"cpu"`. One that cannot be used
     /// here is skipped with a WARN (and the reason in `status`), unless it is `require_ep`.
-    pub execution_providers: Vec<crate::ep::EpKind>,
+    pub execution_providers: Vec<kestrel_infer::ep::EpKind>,
     /// Refuse to start unless this provider is registered (e.g. `"tensorrt"` on the drone: never fly on the
     /// CPU by accident).
-    pub require_ep: Option<crate::ep::EpKind>,
+    pub require_ep: Option<kestrel_infer::ep::EpKind>,
     /// Feed the model through an `IoBinding` with inputs in memory ONNX Runtime allocates (pinned host memory
     /// under CUDA/TensorRT, so preprocessing writes straight into DMA-able buffers, two or more in rotation).
     pub io_binding: bool,
@@ -219,10 +130,10 @@ pub struct RuntimeConfig {
     pub engine_cache_dir: Option<PathBuf>,
     /// With TensorRT selected and no valid cached engine: `"build"` it now, or `"next_ep"`: run on the next
     /// provider until `kestrel build-engine` has built one.
-    pub missing_engine: crate::ep::MissingEngine,
-    pub tensorrt: crate::ep::TensorRtConfig,
-    pub cuda: crate::ep::CudaConfig,
-    pub cpu: crate::ep::CpuConfig,
+    pub missing_engine: kestrel_infer::ep::MissingEngine,
+    pub tensorrt: kestrel_infer::ep::TensorRtConfig,
+    pub cuda: kestrel_infer::ep::CudaConfig,
+    pub cpu: kestrel_infer::ep::CpuConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -233,22 +144,22 @@ impl Default for RuntimeConfig {
             spinning: false,
             warmup_runs: 2,
             inter_threads: 0,
-            execution_providers: vec![crate::ep::EpKind::Cpu],
+            execution_providers: vec![kestrel_infer::ep::EpKind::Cpu],
             require_ep: None,
             io_binding: true,
             engine_cache_dir: None,
-            missing_engine: crate::ep::MissingEngine::Build,
-            tensorrt: crate::ep::TensorRtConfig::default(),
-            cuda: crate::ep::CudaConfig::default(),
-            cpu: crate::ep::CpuConfig::default(),
+            missing_engine: kestrel_infer::ep::MissingEngine::Build,
+            tensorrt: kestrel_infer::ep::TensorRtConfig::default(),
+            cuda: kestrel_infer::ep::CudaConfig::default(),
+            cpu: kestrel_infer::ep::CpuConfig::default(),
         }
     }
 }
 
 impl RuntimeConfig {
     /// The execution-provider part.
-    pub fn ep_options(&self) -> crate::ep::EpOptions {
-        crate::ep::EpOptions {
+    pub fn ep_options(&self) -> kestrel_infer::ep::EpOptions {
+        kestrel_infer::ep::EpOptions {
             providers: self.execution_providers.clone(),
             require: self.require_ep,
             tensorrt: self.tensorrt.clone(),
@@ -529,8 +440,8 @@ impl Config {
             );
         }
         if let Some(i) = &self.intrinsics {
-            if let Err(reason) = crate::angles::Intrinsics::new(i) {
-                return bad("intrinsics", reason);
+            if let Err(reason) = kestrel_vision::angles::Intrinsics::new(i) {
+                return bad("intrinsics", reason.to_string());
             }
         }
         if self.runtime.warmup_runs > 100 {
@@ -670,7 +581,7 @@ mod tests {
 
     #[test]
     fn execution_provider_fields_are_parsed_and_validated() {
-        use crate::ep::{ConvSearch, EpKind, MissingEngine};
+        use kestrel_infer::ep::{ConvSearch, EpKind, MissingEngine};
         let c = parse("").unwrap();
         assert_eq!(c.runtime.execution_providers, [EpKind::Cpu]);
         assert_eq!(c.runtime.require_ep, None);

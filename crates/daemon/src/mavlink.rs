@@ -19,7 +19,7 @@
 //!   computer booted (MAVLink lets the receiver tell boot time from Unix time by the magnitude; it is not the
 //!   autopilot's boot time).
 //! - `frame` = `MAV_FRAME_BODY_FRD`; `angle_x`, `angle_y`: radians of the box centre from the optical axis in
-//!   the image's axes (x to the right of the image, y towards its bottom), as [`crate::angles`] computes them
+//!   the image's axes (x to the right of the image, y towards its bottom), as [`kestrel_vision::angles`] computes them
 //!   (undistorted). The autopilot maps them to the body: ArduPilot's companion precision-landing backend
 //!   takes the line of sight as `(-tan angle_y, tan angle_x, 1)` in FRD, i.e. it assumes a downward camera
 //!   whose image top points to the vehicle's nose.
@@ -45,9 +45,10 @@ use mavlink::{Connectable, ConnectionAddress, MavConnection, MavHeader, MavlinkV
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::angles::Intrinsics;
-use crate::pipeline::RateLimitedLog;
-use crate::sink::{Published, Sink, SinkError};
+use crate::sink::{Sink, SinkError};
+use kestrel_core::published::Published;
+use kestrel_core::ratelog::RateLimitedLog;
+use kestrel_vision::angles::Intrinsics;
 
 /// Messages waiting for the sender thread; when full the oldest is dropped.
 const QUEUE: usize = 4;
@@ -312,7 +313,7 @@ fn offer<T>(tx: &Sender<T>, rx: &Receiver<T>, msg: T, dropped: &AtomicU64) {
     let count = || {
         dropped.fetch_add(1, Ordering::Relaxed);
     };
-    if !crate::pipeline::push_latest(tx, rx, msg, &count) {
+    if !kestrel_core::latest::push_latest(tx, rx, msg, &count) {
         count(); // the thread is gone: this one is lost too
     }
 }
@@ -496,9 +497,9 @@ impl Link {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::angles::IntrinsicsConfig;
-    use crate::sink::FrameTimes;
-    use crate::yolo::Candidate;
+    use kestrel_core::detection::Detection;
+    use kestrel_core::published::FrameTimes;
+    use kestrel_vision::angles::IntrinsicsConfig;
 
     fn cam() -> Intrinsics {
         Intrinsics::new(&IntrinsicsConfig {
@@ -513,11 +514,15 @@ mod tests {
         .unwrap()
     }
 
-    fn det(class_id: u32, score: f32, bbox: [f32; 4]) -> Candidate {
-        Candidate { class_id, score, bbox }
+    fn det(class_id: u32, score: f32, bbox: [f32; 4]) -> Detection {
+        Detection {
+            class_id,
+            score,
+            bbox: kestrel_core::geometry::ImageBox::new(bbox),
+        }
     }
 
-    fn frame<'a>(dets: &'a [Candidate], angles: &'a [[f32; 2]], labels: &'a [String]) -> Published<'a> {
+    fn frame<'a>(dets: &'a [Detection], angles: &'a [[f32; 2]], labels: &'a [String]) -> Published<'a> {
         Published {
             seq: 3,
             capture_ns: 12_345_678_901,

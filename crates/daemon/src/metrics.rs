@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::source::{SourceSnapshot, SourceState, SourceStatus};
+use kestrel_core::status::{SourceSnapshot, SourceState, SourceStatus};
 use std::time::{Duration, Instant};
 
 /// Samples kept per stage per interval; beyond that the ring overwrites the oldest.
@@ -244,7 +244,7 @@ impl Metrics {
     }
     pub fn published(&self) {
         self.published.fetch_add(1, Relaxed);
-        self.last_publish_ns.store(crate::frame::monotonic_ns(), Relaxed);
+        self.last_publish_ns.store(kestrel_core::clock::monotonic_ns(), Relaxed);
     }
     pub fn dropped(&self, why: DropReason) {
         self.drops[why as usize].fetch_add(1, Relaxed);

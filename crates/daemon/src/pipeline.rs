@@ -27,20 +27,26 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use thiserror::Error;
 
-use crate::detect::Thresholds;
-use crate::frame::{monotonic_ns, realtime_ns, Frame};
-use crate::letterbox::Letterbox;
 use crate::metrics::{DropReason, Metrics, Stage};
-use crate::model::{Detector, InferTimes, InputTensor, ModelError};
-use crate::nms::nms_into;
-use crate::pool::{Pool, Pooled};
-use crate::preprocess::{FramePreprocessor, PreprocessError};
-use crate::sink::{FrameTimes, Published, Sink, SinkError};
-use crate::source::{Source, SourceError};
-use crate::yolo::Candidate;
+use crate::sink::{Sink, SinkError};
+use kestrel_camera::{Source, SourceError};
+use kestrel_core::clock::monotonic_ns;
+use kestrel_core::clock::realtime_ns;
+use kestrel_core::detection::Detection;
+use kestrel_core::frame::Frame;
+use kestrel_core::latest::push_latest;
+use kestrel_core::pool::{Pool, Pooled};
+use kestrel_core::published::{FrameTimes, Published};
+use kestrel_core::ratelog::RateLimitedLog;
+use kestrel_infer::detect::Thresholds;
+use kestrel_infer::model::{Detector, InferTimes, InputTensor, ModelError};
+use kestrel_vision::letterbox::Letterbox;
+use kestrel_vision::nms::nms_into;
+use kestrel_vision::preprocess::{FramePreprocessor, PreprocessError};
+use kestrel_vision::yolo::Candidate;
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
@@ -85,7 +91,7 @@ impl Inference for Detector {
 pub struct SleepInference {
     pub width: u32,
     pub height: u32,
-    pub precision: crate::model::Precision,
+    pub precision: kestrel_infer::model::Precision,
     pub per_frame: Duration,
 }
 
@@ -96,8 +102,8 @@ impl Inference for SleepInference {
     fn new_input(&self) -> InputTensor {
         let n = 3 * self.width as usize * self.height as usize;
         match self.precision {
-            crate::model::Precision::F16 => InputTensor::F16(vec![half::f16::ZERO; n]),
-            crate::model::Precision::F32 => InputTensor::F32(vec![0.0; n]),
+            kestrel_infer::model::Precision::F16 => InputTensor::F16(vec![half::f16::ZERO; n]),
+            kestrel_infer::model::Precision::F32 => InputTensor::F32(vec![0.0; n]),
         }
     }
     fn infer(&mut self, _: &InputTensor, _: f32, out: &mut Vec<Candidate>) -> Result<InferTimes, ModelError> {
@@ -123,7 +129,7 @@ pub struct Options {
     /// DCT-scaled JPEG decoding.
     pub scaled_jpeg: bool,
     /// Camera intrinsics: detections get angles from the optical axis.
-    pub intrinsics: Option<crate::angles::Intrinsics>,
+    pub intrinsics: Option<kestrel_vision::angles::Intrinsics>,
 }
 
 impl Default for Options {
@@ -177,28 +183,12 @@ struct Finished {
     capture_ns: u64,
     width: u32,
     height: u32,
-    detections: Pooled<Vec<Candidate>>,
+    detections: Pooled<Vec<Detection>>,
     times: FrameTimes,
 }
 
 fn ms(d: Duration) -> f32 {
     d.as_secs_f32() * 1e3
-}
-
-/// Queue `item`; when the queue is full, drop the oldest queued item (counted as `why`) to make room.
-pub(crate) fn push_latest<T>(tx: &Sender<T>, rx: &Receiver<T>, mut item: T, on_drop: &dyn Fn()) -> bool {
-    loop {
-        match tx.try_send(item) {
-            Ok(()) => return true,
-            Err(TrySendError::Full(back)) => {
-                if rx.try_recv().is_ok() {
-                    on_drop();
-                }
-                item = back;
-            }
-            Err(TrySendError::Disconnected(_)) => return false,
-        }
-    }
 }
 
 /// The next item, waiting in `poll` slices; `None` once `stopped()` or every sender is gone.
@@ -222,43 +212,6 @@ fn send_blocking<T>(tx: &Sender<T>, mut item: T, poll: Duration, stopped: &dyn F
             Ok(()) => return true,
             Err(crossbeam_channel::SendTimeoutError::Timeout(back)) if !stopped() => item = back,
             Err(_) => return false,
-        }
-    }
-}
-
-/// Logs a per-frame failure at most once per interval, with the count since the last line.
-pub(crate) struct RateLimitedLog {
-    what: &'static str,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    pub(crate) fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            last: None,
-            suppressed: 0,
-        }
-    }
-    /// `Some(lines suppressed since the last one)` when a line may be written at `now` (one per 5 s).
-    pub(crate) fn admit(&mut self, now: Instant) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(5))
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-
-    pub(crate) fn warn(&mut self, err: &dyn std::fmt::Display) {
-        match self.admit(Instant::now()) {
-            None => {}
-            Some(0) => log::warn!("{}: {err}", self.what),
-            Some(n) => log::warn!("{}: {err} (and {n} more since the last report)", self.what),
         }
     }
 }
@@ -346,7 +299,7 @@ impl Pipeline {
         let pace = Arc::new(pace::Pace::new(monotonic_ns));
         let mut feed = pace::Feed::new(pace.clone(), tensors.try_take());
         let candidate_pool = Pool::new(8, || Vec::<Candidate>::with_capacity(1024));
-        let detection_pool = Pool::new(8, || Vec::<Candidate>::with_capacity(opts.thresholds.max_detections));
+        let detection_pool = Pool::new(8, || Vec::<Detection>::with_capacity(opts.thresholds.max_detections));
 
         let (frames_tx, frames_rx) = bounded::<Frame>(depth);
         let (prepared_tx, prepared_rx) = bounded::<Prepared>(depth);
@@ -439,7 +392,7 @@ impl Pipeline {
                         Stage::Queue,
                         Duration::from_nanos(t0_ns.saturating_sub(frame.capture_ns)),
                     );
-                    match prep.prepare_frame(&frame, &mut tensor, dst_w, dst_h) {
+                    match prep.prepare_frame(&frame, tensor.data_mut(), dst_w, dst_h) {
                         Ok(lb) => {
                             m.record(Stage::Decode, prep.last_decode);
                             m.record(Stage::Letterbox, prep.last_letterbox);
@@ -540,6 +493,8 @@ impl Pipeline {
         // postprocess
         {
             let (m, rx, tx, stopped) = (metrics.clone(), inferred_rx, finished_tx, stopped.clone());
+            // NMS keeps candidates in model pixels here; the published detections are in image pixels.
+            let mut kept = Vec::<Candidate>::with_capacity(opts.thresholds.max_detections);
             p.spawn("postprocess", move || loop {
                 let Some(mut item) = recv_or_stop(&rx, poll, &stopped) else {
                     return Ok(());
@@ -549,10 +504,13 @@ impl Pipeline {
                 };
                 let t0 = Instant::now();
                 let th = live.get();
-                nms_into(&mut item.candidates, th.iou, th.max_detections, &mut dets);
-                for d in dets.iter_mut() {
-                    d.bbox = item.lb.image_box_from_model(d.bbox);
-                }
+                nms_into(&mut item.candidates, th.iou, th.max_detections, &mut kept);
+                dets.clear();
+                dets.extend(kept.iter().map(|c| Detection {
+                    class_id: c.class_id,
+                    score: c.score,
+                    bbox: item.lb.image_box_from_model(c.bbox),
+                }));
                 let post = t0.elapsed();
                 m.record(Stage::Postprocess, post);
                 let out = Finished {

@@ -8,8 +8,6 @@
 //! switches that subscriber's format), at most 64 KiB per client per loop, lines capped at 4 KiB. A `status`
 //! heartbeat goes out every `status_interval_ms` whatever the pipeline does.
 
-pub mod protocol;
-
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
@@ -25,11 +23,12 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Deserialize;
 use thiserror::Error;
 
-use self::protocol::{Format, Health, Hello, LatencyMs, Status};
-use crate::frame::monotonic_ns;
 use crate::metrics::{Metrics, Stage};
-use crate::sink::{Published, Sink, SinkError};
-use crate::source::SourceState;
+use crate::sink::{Sink, SinkError};
+use kestrel_core::clock::monotonic_ns;
+use kestrel_core::published::Published;
+use kestrel_core::status::SourceState;
+use kestrel_protocol::{self as protocol, Format, Health, Hello, LatencyMs, Status};
 
 /// `[publish]` in the config.
 #[derive(Clone, Debug, Deserialize, PartialEq)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ServiceConfig;
 use crate::metrics::{Metrics, Stage};
-use crate::source::SourceState;
+use kestrel_core::status::SourceState;
 
 /// Without a watchdog, a pipeline is called stalled (in `STATUS=` and the log) after this long.
 const STALL_WITHOUT_WATCHDOG: Duration = Duration::from_secs(5);
@@ -200,7 +200,7 @@ impl Notifier {
         let progress_age_s = if last_pub == 0 {
             since_ready_s
         } else {
-            (crate::frame::monotonic_ns().saturating_sub(last_pub) as f64 * 1e-9).min(since_ready_s)
+            (kestrel_core::clock::monotonic_ns().saturating_sub(last_pub) as f64 * 1e-9).min(since_ready_s)
         };
         let obs = Observation {
             progress_age_s,

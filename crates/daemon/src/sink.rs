@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
-use crate::labels::label_for_str;
-use crate::yolo::Candidate;
+use kestrel_core::published::Published;
+use kestrel_vision::labels::label_for_str;
 
 #[derive(Debug, Error)]
 pub enum SinkError {
@@ -15,40 +15,6 @@ pub enum SinkError {
     Io(#[from] std::io::Error),
     #[error("cannot serialise results: {0}")]
     Json(#[from] serde_json::Error),
-}
-
-/// Per-frame stage times, milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct FrameTimes {
-    /// Capture until a preprocessing worker took the frame.
-    pub queue_ms: f32,
-    pub decode_ms: f32,
-    pub letterbox_ms: f32,
-    pub infer_ms: f32,
-    pub postprocess_ms: f32,
-}
-
-/// One published frame.
-#[derive(Debug)]
-pub struct Published<'a> {
-    pub seq: u64,
-    /// CLOCK_MONOTONIC ns.
-    pub capture_ns: u64,
-    /// The same instant on CLOCK_REALTIME (ns since the Unix epoch).
-    pub capture_realtime_ns: u64,
-    /// CLOCK_MONOTONIC ns.
-    pub publish_ns: u64,
-    pub times: FrameTimes,
-    pub width: u32,
-    pub height: u32,
-    /// Boxes in image pixels, best first.
-    pub detections: &'a [Candidate],
-    /// `[angle_x, angle_y]` (radians) of each detection's box centre when camera intrinsics are configured;
-    /// empty otherwise.
-    pub angles: &'a [[f32; 2]],
-    pub labels: &'a [String],
-    /// Published frames per second over the last metrics interval.
-    pub fps: f64,
 }
 
 pub trait Sink: Send {
@@ -120,7 +86,7 @@ impl<W: Write + Send> JsonLinesSink<W> {
 impl<W: Write + Send> Sink for JsonLinesSink<W> {
     fn publish(&mut self, f: &Published<'_>) -> Result<(), SinkError> {
         self.buf.clear();
-        crate::publish::protocol::write_detections_json(f, &mut self.buf)?;
+        kestrel_protocol::write_detections_json(f, &mut self.buf)?;
         self.out.write_all(&self.buf)?;
         self.out.flush()?;
         Ok(())
@@ -173,14 +139,16 @@ impl Sink for NullSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kestrel_core::detection::Detection;
+    use kestrel_core::published::FrameTimes;
 
     #[test]
     fn json_line_has_the_documented_fields() {
         let mut out = Vec::new();
-        let dets = [Candidate {
+        let dets = [Detection {
             class_id: 1,
             score: 0.5,
-            bbox: [1.0, 2.0, 3.0, 4.0],
+            bbox: kestrel_core::geometry::ImageBox::new([1.0, 2.0, 3.0, 4.0]),
         }];
         let labels = vec!["a".to_string()];
         let f = Published {

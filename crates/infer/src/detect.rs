@@ -4,15 +4,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-use crate::decode::{decode_image, sniff, DecodeError, Encoded, RgbImage};
-use crate::frame::PixelFormat;
-use crate::labels::label_for;
-use crate::letterbox::{Letterbox, LetterboxError};
 use crate::model::{Detector, InputTensor, ModelError};
-use crate::nms::nms;
-use crate::preprocess::{FramePreprocessor, Pixels, PreprocessError};
-use crate::yolo::Candidate;
-use crate::Detection;
+use kestrel_core::frame::PixelFormat;
+use kestrel_core::geometry::ImageBox;
+use kestrel_vision::decode::{decode_image, sniff, DecodeError, Encoded, RgbImage};
+use kestrel_vision::labels::label_for;
+use kestrel_vision::letterbox::{Letterbox, LetterboxError};
+use kestrel_vision::nms::nms;
+use kestrel_vision::preprocess::{FramePreprocessor, Pixels, PreprocessError};
+use kestrel_vision::yolo::Candidate;
 
 #[derive(Debug, Error)]
 pub enum DetectError {
@@ -26,6 +26,21 @@ pub enum DetectError {
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+/// One detection in source-image pixels with its label resolved: what `kestrel detect` prints and the golden
+/// files record (the label is for people and messages; matching uses `class_id`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelledDetection {
+    /// Class index into the model's labels.
+    pub class_id: u32,
+    pub label: String,
+    /// Confidence in `0..=1`.
+    pub score: f32,
+    /// `[x1, y1, x2, y2]` in source-image pixels, clipped to the image.
+    #[serde(rename = "box")]
+    pub bbox: ImageBox,
 }
 
 /// Post-processing thresholds.
@@ -71,7 +86,7 @@ pub struct ImageReport {
     pub height: u32,
     pub model: String,
     pub times_ms: StageTimes,
-    pub detections: Vec<Detection>,
+    pub detections: Vec<LabelledDetection>,
 }
 
 /// NMS the candidates (model pixels) and map the survivors to source-image pixels. Pure.
@@ -80,10 +95,10 @@ pub fn finish_detections(
     lb: &Letterbox,
     thresholds: &Thresholds,
     labels: &[String],
-) -> Vec<Detection> {
+) -> Vec<LabelledDetection> {
     nms(candidates, thresholds.iou, thresholds.max_detections)
         .into_iter()
-        .map(|c| Detection {
+        .map(|c| LabelledDetection {
             class_id: c.class_id,
             label: label_for(labels, c.class_id),
             score: c.score,
@@ -128,7 +143,7 @@ impl ImageDetector {
         height: u32,
         data: &[u8],
         times: &mut StageTimes,
-    ) -> Result<(Letterbox, Vec<Detection>), DetectError> {
+    ) -> Result<(Letterbox, Vec<LabelledDetection>), DetectError> {
         let (w, h) = (self.detector.info.input_width, self.detector.info.input_height);
         let lb = self.prep.prepare(
             Pixels {
@@ -136,9 +151,9 @@ impl ImageDetector {
                 width,
                 height,
                 data,
-                yuv: crate::yuv::YuvSpec::BT601_LIMITED,
+                yuv: kestrel_vision::yuv::YuvSpec::BT601_LIMITED,
             },
-            &mut self.input,
+            self.input.data_mut(),
             w,
             h,
         )?;
@@ -155,7 +170,11 @@ impl ImageDetector {
     }
 
     /// Detect on a decoded RGB image. Fills `times` except `total`.
-    pub fn detect_rgb(&mut self, rgb: &RgbImage, times: &mut StageTimes) -> Result<Vec<Detection>, DetectError> {
+    pub fn detect_rgb(
+        &mut self,
+        rgb: &RgbImage,
+        times: &mut StageTimes,
+    ) -> Result<Vec<LabelledDetection>, DetectError> {
         Ok(self.run(PixelFormat::Rgb, rgb.width, rgb.height, &rgb.data, times)?.1)
     }
 
@@ -229,24 +248,27 @@ mod tests {
             Candidate {
                 class_id: 1,
                 score: 0.9,
-                bbox: [0.0, 70.0, 208.0, 346.0],
+                bbox: kestrel_core::geometry::ModelBox::new([0.0, 70.0, 208.0, 346.0]),
             },
             Candidate {
                 class_id: 1,
                 score: 0.8,
-                bbox: [1.0, 70.0, 208.0, 346.0],
+                bbox: kestrel_core::geometry::ModelBox::new([1.0, 70.0, 208.0, 346.0]),
             },
             Candidate {
                 class_id: 5,
                 score: 0.3,
-                bbox: [0.0, 0.0, 10.0, 10.0],
+                bbox: kestrel_core::geometry::ModelBox::new([0.0, 0.0, 10.0, 10.0]),
             },
         ];
         let labels = vec!["a".to_string(), "b".to_string()];
         let d = finish_detections(&mut c, &lb, &Thresholds::default(), &labels);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].label, "b");
-        assert_eq!(d[0].bbox, [0.0, 0.0, 320.0, 424.0]);
+        assert_eq!(
+            d[0].bbox,
+            kestrel_core::geometry::ImageBox::new([0.0, 0.0, 320.0, 424.0])
+        );
         assert_eq!(d[1].label, "class5");
         assert_eq!(d[1].bbox[1], 0.0); // clipped: the box lies in the top padding
     }

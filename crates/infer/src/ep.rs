@@ -26,7 +26,7 @@ use thiserror::Error;
 use crate::engine_cache::{EngineCache, EngineKey, Lookup, Staging};
 
 /// An execution provider, in the names the config uses.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum EpKind {
     /// NVIDIA TensorRT (through ONNX Runtime's TensorRT EP): builds an optimised engine per model and GPU.
@@ -729,92 +729,6 @@ pub fn plan(opts: &EpOptions, facts: &Facts<'_>, ort_version: &str, model: &Mode
         skipped,
         engine,
     })
-}
-
-/// `kestrel build-engine`: build (or find) the TensorRT engine for `cfg`'s model with its
-/// `[runtime.tensorrt]` settings, printing what it does with the elapsed time; returns the summary.
-pub fn build_engine(cli_ort: Option<&Path>, cfg: &crate::config::Config, force: bool) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    let t0 = Instant::now();
-    let step = |what: &str| {
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), "[{:7.1} s] {what}", t0.elapsed().as_secs_f64());
-    };
-    step("loading ONNX Runtime");
-    let rt = crate::runtime::init(cli_ort.or(cfg.runtime.ort_lib.as_deref()))?;
-    step(&format!("ONNX Runtime {} from {}", rt.version, rt.library.display()));
-    step(&format!("GPU: {}", crate::gpu::describe()));
-    let (_, intra) = crate::daemon::thread_budget(cfg);
-    let mut opts = crate::daemon::session_options(cfg, intra);
-    opts.ep.providers = vec![EpKind::Tensorrt];
-    opts.ep.require = Some(EpKind::Tensorrt);
-    opts.ep.missing_engine = MissingEngine::Build;
-    opts.io_binding = false;
-    let available = available_providers();
-    let facts = probe_facts(&available, &rt.library, &opts.ep.providers);
-    if let Err(reason) = precheck(EpKind::Tensorrt, &facts) {
-        return Err(EpError::Required {
-            kind: EpKind::Tensorrt,
-            reason,
-        })
-        .context("kestrel build-engine needs the TensorRT execution provider");
-    }
-    let model = &cfg.model.path;
-    step(&format!("hashing {}", model.display()));
-    let input_shape = crate::model::input_shape_of(rt, model).map_err(anyhow::Error::msg)?;
-    let key = engine_key(
-        &opts.ep.tensorrt,
-        &rt.version,
-        &ModelFacts {
-            path: model,
-            input_shape,
-        },
-        &facts,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let cache = EngineCache::new(
-        opts.ep
-            .engine_cache_dir
-            .clone()
-            .unwrap_or_else(crate::engine_cache::root_from_env),
-    );
-    step(&format!("cache key {} ({})", key.id(), key.describe()));
-    if force {
-        let dir = cache.entry_dir(&key);
-        if dir.exists() {
-            step(&format!("--force: removing {}", dir.display()));
-            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-        }
-    }
-    step(&format!(
-        "building the TensorRT engine into {} (minutes on a Jetson; progress every 10 s)",
-        cache.root().display()
-    ));
-    let mut det = crate::model::Detector::load_with(rt, model, cfg.model.labels.as_deref(), &opts, &mut |s| step(s))?;
-    let (dir, how) = match det.selection.engine.as_ref().map(|e| &e.state) {
-        Some(EngineState::Built { dir, seconds }) => (dir.clone(), format!("built in {seconds:.1} s")),
-        Some(EngineState::Cached { dir }) => (dir.clone(), "already cached (use --force to rebuild)".to_string()),
-        _ => anyhow::bail!("the session runs on {}, not on TensorRT", det.selection.active),
-    };
-    step("timing 10 runs");
-    let times = det.warm_up(10)?;
-    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    let files = std::fs::read_dir(&dir)
-        .map(|r| r.filter_map(Result::ok).count())
-        .unwrap_or(0);
-    Ok(format!(
-        "TensorRT engine for {}\n  {how}\n  cache: {} ({files} files)\n  key: {} = {}\n  inference: median {:.2} ms \
-         (min {:.2}, max {:.2}) over 10 runs\n  total time {:.1} s",
-        model.display(),
-        dir.display(),
-        key.id(),
-        key.describe(),
-        ms[ms.len() / 2],
-        ms[0],
-        ms[ms.len() - 1],
-        t0.elapsed().as_secs_f64()
-    ))
 }
 
 #[cfg(test)]

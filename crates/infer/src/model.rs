@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+use kestrel_vision::tensor::{TensorData, TensorMut};
+
 use crate::ep::{EpError, EpKind, EpOptions, Selection, Skipped};
-use crate::labels::{self, LabelsError};
 use crate::runtime::Runtime;
-use crate::yolo::{self, Candidate, OutputLayout, YoloError};
+use kestrel_vision::labels::{self, LabelsError};
+use kestrel_vision::yolo::{self, Candidate, OutputLayout, YoloError};
 
 /// Input size used when a model's spatial input dimensions are dynamic and its metadata does not say.
 pub const DEFAULT_DYNAMIC_SIZE: u32 = 640;
@@ -115,18 +117,6 @@ pub enum InputTensor {
     BoundF16(Tensor<f16>),
 }
 
-/// The values of an [`InputTensor`], whatever its storage.
-pub enum TensorData<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-}
-
-/// The values of an [`InputTensor`], writable.
-pub enum TensorDataMut<'a> {
-    F32(&'a mut [f32]),
-    F16(&'a mut [f16]),
-}
-
 impl InputTensor {
     /// A zeroed tensor of the model's input size and precision.
     pub fn for_model(info: &ModelInfo) -> Self {
@@ -150,12 +140,12 @@ impl InputTensor {
     }
 
     /// The values, writable.
-    pub fn data_mut(&mut self) -> TensorDataMut<'_> {
+    pub fn data_mut(&mut self) -> TensorMut<'_> {
         match self {
-            Self::F32(v) => TensorDataMut::F32(v),
-            Self::F16(v) => TensorDataMut::F16(v),
-            Self::BoundF32(t) => TensorDataMut::F32(t.extract_tensor_mut().1),
-            Self::BoundF16(t) => TensorDataMut::F16(t.extract_tensor_mut().1),
+            Self::F32(v) => TensorMut::F32(v),
+            Self::F16(v) => TensorMut::F16(v),
+            Self::BoundF32(t) => TensorMut::F32(t.extract_tensor_mut().1),
+            Self::BoundF16(t) => TensorMut::F16(t.extract_tensor_mut().1),
         }
     }
 

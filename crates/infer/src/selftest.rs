@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+use crate::detect::LabelledDetection;
 use crate::engine_cache::sha256_hex;
 
 /// Golden file format version.
@@ -44,33 +45,7 @@ pub enum SelfTestError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
-/// One reference detection (source-image pixels).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GoldenDetection {
-    /// Class index into the model's labels.
-    pub class_id: u32,
-    /// Class name (for messages; matching uses `class_id`).
-    pub label: String,
-    /// Confidence in `0..=1`.
-    pub score: f32,
-    /// `[x1, y1, x2, y2]` in source-image pixels.
-    #[serde(rename = "box")]
-    pub bbox: [f32; 4],
-}
-
-impl From<&crate::Detection> for GoldenDetection {
-    fn from(d: &crate::Detection) -> Self {
-        Self {
-            class_id: d.class_id,
-            label: d.label.clone(),
-            score: d.score,
-            bbox: d.bbox,
-        }
-    }
-}
-
-impl std::fmt::Display for GoldenDetection {
+impl std::fmt::Display for LabelledDetection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let b = self.bbox;
         write!(
@@ -94,7 +69,7 @@ pub struct GoldenImage {
     /// Decoded height in pixels.
     pub height: u32,
     /// The FP32 reference detections, highest score first.
-    pub detections: Vec<GoldenDetection>,
+    pub detections: Vec<LabelledDetection>,
 }
 
 /// How the reference was made.
@@ -249,7 +224,7 @@ impl GoldenFile {
             }
             for d in &img.detections {
                 let b = d.bbox;
-                let finite = d.score.is_finite() && b.iter().all(|v| v.is_finite());
+                let finite = d.score.is_finite() && b.0.iter().all(|v| v.is_finite());
                 if !(finite && (0.0..=1.0).contains(&d.score)) || b[0] > b[2] || b[1] > b[3] {
                     return Err(invalid(format!("{}: bad detection {d}", img.file)));
                 }
@@ -322,11 +297,11 @@ impl Default for Tolerance {
 pub enum Mismatch {
     /// A reference detection without a match; `closest` is the best same-class candidate and its IoU.
     Missing {
-        expected: GoldenDetection,
-        closest: Option<(GoldenDetection, f32)>,
+        expected: LabelledDetection,
+        closest: Option<(LabelledDetection, f32)>,
     },
     /// A confident detection the reference does not have.
-    Extra { got: GoldenDetection },
+    Extra { got: LabelledDetection },
 }
 
 impl std::fmt::Display for Mismatch {
@@ -351,12 +326,12 @@ impl std::fmt::Display for Mismatch {
 
 /// Greedy one-to-one matching of `want` (score ≥ min_score, highest first) against `pool`.
 fn unmatched<'a>(
-    want: &'a [GoldenDetection],
-    pool: &[GoldenDetection],
+    want: &'a [LabelledDetection],
+    pool: &[LabelledDetection],
     tol: &Tolerance,
-) -> Vec<(&'a GoldenDetection, Option<(GoldenDetection, f32)>)> {
+) -> Vec<(&'a LabelledDetection, Option<(LabelledDetection, f32)>)> {
     let mut used = vec![false; pool.len()];
-    let mut order: Vec<&GoldenDetection> = want.iter().filter(|d| d.score >= tol.min_score).collect();
+    let mut order: Vec<&LabelledDetection> = want.iter().filter(|d| d.score >= tol.min_score).collect();
     order.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut out = Vec::new();
     for w in order {
@@ -366,7 +341,7 @@ fn unmatched<'a>(
             if p.class_id != w.class_id || used[i] {
                 continue;
             }
-            let iou = crate::nms::iou(&w.bbox, &p.bbox);
+            let iou = w.bbox.iou(&p.bbox);
             if closest.is_none_or(|(_, c)| iou > c) {
                 closest = Some((i, iou));
             }
@@ -383,7 +358,7 @@ fn unmatched<'a>(
 }
 
 /// Compare one image's detections with its reference. Pure.
-pub fn compare(golden: &[GoldenDetection], got: &[GoldenDetection], tol: &Tolerance) -> Vec<Mismatch> {
+pub fn compare(golden: &[LabelledDetection], got: &[LabelledDetection], tol: &Tolerance) -> Vec<Mismatch> {
     let mut out: Vec<Mismatch> = unmatched(golden, got, tol)
         .into_iter()
         .map(|(e, closest)| Mismatch::Missing {
@@ -491,10 +466,10 @@ pub fn run(
         let report = det
             .detect_bytes(&path.display().to_string(), &bytes)
             .map_err(|e| invalid(format!("golden image {}: {e}", path.display())))?;
-        let got: Vec<GoldenDetection> = report.detections.iter().map(GoldenDetection::from).collect();
+        let got = &report.detections;
         images.push(ImageOutcome {
             file: img.file.clone(),
-            mismatches: compare(&img.detections, &got, tol),
+            mismatches: compare(&img.detections, got, tol),
             expected: img.detections.len(),
             got: got.len(),
         });
@@ -508,195 +483,16 @@ pub fn run(
     ))
 }
 
-/// The golden file a config's self-test uses: `selftest.golden`, else the first default candidate that exists.
-pub fn golden_path_for(cfg: &crate::config::Config) -> Result<PathBuf, Vec<PathBuf>> {
-    if let Some(p) = &cfg.selftest.golden {
-        return Ok(p.clone());
-    }
-    let candidates = default_golden_path(&cfg.model.path);
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or(candidates)
-}
-
-/// The daemon's start-up self-test: run the golden images on the provider + precision `detector` uses. Passing
-/// is logged; a mismatch is an error (`selftest.on_mismatch = "fail"`) or drops that provider and tries the next
-/// (`"fallback"`), always reported. A golden file that cannot be read or fails its checksum is an error.
-pub fn at_start(
-    rt: &crate::runtime::Runtime,
-    cfg: &crate::config::Config,
-    opts: &crate::model::SessionOptions,
-    mut detector: crate::model::Detector,
-    progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<crate::model::Detector> {
-    let golden_path = match golden_path_for(cfg) {
-        Ok(p) => p,
-        Err(looked) => {
-            let looked: Vec<String> = looked.iter().map(|p| p.display().to_string()).collect();
-            log::warn!(
-                "precision self-test not run: no golden detections for {} (looked for {}); make them with \
-                 `kestrel golden --model <the FP32 model> <images>`, or set selftest.enabled = false",
-                cfg.model.path.display(),
-                looked.join(", ")
-            );
-            return Ok(detector);
-        }
-    };
-    let golden = GoldenFile::load(&golden_path)?;
-    let st = &cfg.selftest;
-    let tol = Tolerance {
-        min_iou: st.min_iou,
-        score_abs: st.score_tolerance,
-        min_score: st.min_score,
-    };
-    let mut opts = opts.clone();
-    let mut earlier: Vec<crate::ep::Skipped> = Vec::new();
-    loop {
-        let (ep, precision) = (detector.selection.active, detector.selection.precision.clone());
-        progress(&format!(
-            "self-test: {} golden images on {ep} {precision}",
-            golden.images.len()
-        ));
-        let (back, report) = run(detector, &golden, &golden_path, &tol)?;
-        detector = back;
-        if !earlier.is_empty() {
-            let mut all = earlier.clone();
-            all.append(&mut detector.selection.skipped);
-            detector.selection.skipped = all;
-        }
-        if report.passed() {
-            log::info!(
-                "{} on {ep} {precision} against {}",
-                report.summary(),
-                golden_path.display()
-            );
-            return Ok(detector);
-        }
-        log::error!(
-            "{} on {ep} {precision} against {}",
-            report.summary(),
-            golden_path.display()
-        );
-        if st.on_mismatch == crate::config::OnMismatch::Fail {
-            anyhow::bail!(
-                "precision self-test failed on {ep} {precision} (selftest.on_mismatch = \"fail\"): {}",
-                report.summary()
-            );
-        }
-        if opts.ep.require == Some(ep) {
-            anyhow::bail!(
-                "precision self-test failed on {ep} {precision}, which runtime.require_ep requires: {}",
-                report.summary()
-            );
-        }
-        opts.ep.providers.retain(|k| *k != ep);
-        let Some(next) = opts.ep.providers.first().copied() else {
-            anyhow::bail!(
-                "precision self-test failed on {ep} {precision} and no other execution provider is listed: {}",
-                report.summary()
-            );
-        };
-        log::warn!("self-test failed on {ep}: falling back to {next}");
-        earlier = detector.selection.skipped.clone();
-        earlier.push(crate::ep::Skipped {
-            kind: ep,
-            reason: format!("failed the precision self-test ({precision}): {}", report.summary()),
-        });
-        drop(detector);
-        detector =
-            crate::model::Detector::load_with(rt, &cfg.model.path, cfg.model.labels.as_deref(), &opts, progress)?;
-    }
-}
-
-/// `kestrel golden`: the FP32 model on the CPU provider (plain run) over `images`, saved as `out`. Images must
-/// lie in `out`'s directory or below (the file refers to them relatively, so they ship together).
-pub fn make_golden(
-    cli_ort: Option<&Path>,
-    model: &Path,
-    out: &Path,
-    images: &[PathBuf],
-    conf: f32,
-    iou: f32,
-) -> anyhow::Result<GoldenFile> {
-    use anyhow::Context as _;
-    let rt = crate::runtime::init(cli_ort)?;
-    let detector = crate::model::Detector::load(rt, model, None, &crate::model::SessionOptions::default())?;
-    anyhow::ensure!(
-        detector.info.input_precision == crate::model::Precision::F32,
-        "{} is an FP16 model: the golden reference comes from the FP32 model",
-        model.display()
-    );
-    let out_dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let out_dir = out_dir
-        .canonicalize()
-        .with_context(|| format!("output directory {}", out_dir.display()))?;
-    let mut det = crate::detect::ImageDetector::new(
-        detector,
-        crate::detect::Thresholds {
-            conf,
-            iou,
-            max_detections: 300,
-        },
-    )?;
-    let mut out_images = Vec::new();
-    for img in images {
-        let abs = img
-            .canonicalize()
-            .with_context(|| format!("golden image {}", img.display()))?;
-        let rel = abs.strip_prefix(&out_dir).map_err(|_| {
-            anyhow::anyhow!(
-                "golden image {} is not under {} (the golden file refers to its images relative to itself, so \
-                 they must ship together: copy it there)",
-                img.display(),
-                out_dir.display()
-            )
-        })?;
-        let file = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/");
-        let bytes = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
-        let report = det.detect_bytes(&file, &bytes)?;
-        out_images.push(GoldenImage {
-            file,
-            sha256: sha256_hex(&bytes),
-            width: report.width,
-            height: report.height,
-            detections: report.detections.iter().map(GoldenDetection::from).collect(),
-        });
-    }
-    let model_file = model
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let reference = Reference {
-        model_file,
-        model_sha256: crate::engine_cache::sha256_file(model)
-            .with_context(|| format!("hashing {}", model.display()))?,
-        precision: "fp32".into(),
-        execution_provider: "cpu".into(),
-        conf,
-        iou,
-        kestrel_version: env!("CARGO_PKG_VERSION").into(),
-        ort_version: rt.version.clone(),
-    };
-    let g = GoldenFile::new(reference, out_images);
-    g.save(out)?;
-    Ok(g)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn d(class_id: u32, score: f32, b: [f32; 4]) -> GoldenDetection {
-        GoldenDetection {
+    fn d(class_id: u32, score: f32, b: [f32; 4]) -> LabelledDetection {
+        LabelledDetection {
             class_id,
             label: format!("c{class_id}"),
             score,
-            bbox: b,
+            bbox: kestrel_core::geometry::ImageBox::new(b),
         }
     }
 
@@ -789,7 +585,7 @@ mod tests {
 
         // Box shifted: IoU 0.85 (< 0.9) -> missing + extra.
         let mut moved = golden.clone();
-        moved[0].bbox = [0.0, 0.0, 100.0, 85.0];
+        moved[0].bbox = kestrel_core::geometry::ImageBox::new([0.0, 0.0, 100.0, 85.0]);
         let m = compare(&golden, &moved, &tol);
         assert_eq!(m.len(), 2, "{m:?}");
         assert!(matches!(&m[0], Mismatch::Missing { closest: Some((_, iou)), .. } if (*iou - 0.85).abs() < 1e-4));
@@ -844,7 +640,7 @@ mod tests {
         let mut g = file();
         g.reference.conf = 0.1 + 0.2;
         g.images[0].detections[0].score = 1.0 / 3.0;
-        g.images[0].detections[0].bbox = [1e-7, 0.1 + 0.7, 123_456.79, f32::MAX];
+        g.images[0].detections[0].bbox = kestrel_core::geometry::ImageBox::new([1e-7, 0.1 + 0.7, 123_456.79, f32::MAX]);
         let g = GoldenFile::new(g.reference, g.images);
         g.save(&p).unwrap();
         let back = GoldenFile::load(&p).unwrap();
@@ -866,7 +662,7 @@ mod tests {
             ("score above 1", |g| g.images[0].detections[0].score = 1.5),
             ("negative score", |g| g.images[0].detections[1].score = -0.1),
             ("x1 > x2", |g| {
-                g.images[0].detections[0].bbox = [120.0, 20.0, 110.0, 220.0]
+                g.images[0].detections[0].bbox = kestrel_core::geometry::ImageBox::new([120.0, 20.0, 110.0, 220.0])
             }),
             ("no images", |g| g.images.clear()),
             ("conf above 1", |g| g.reference.conf = 1.5),

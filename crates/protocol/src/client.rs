@@ -1,8 +1,9 @@
 //! A client for the detection socket, for Rust users (and `kestrel subscribe`):
 //!
 //! ```no_run
-//! use kestrel::client::{Subscriber, Message};
-//! use kestrel::publish::protocol::Format;
+//! use kestrel_protocol::client::Subscriber;
+//! use kestrel_protocol::Message;
+//! use kestrel_protocol::Format;
 //! let mut sub = Subscriber::connect("/run/kestrel/detections.sock", Format::Binary)?;
 //! while let Some(msg) = sub.next(std::time::Duration::from_secs(2))? {
 //!     if let Message::Detections(d) = msg {
@@ -11,7 +12,7 @@
 //!         }
 //!     }
 //! }
-//! # Ok::<(), kestrel::client::ClientError>(())
+//! # Ok::<(), kestrel_protocol::client::ClientError>(())
 //! ```
 //!
 //! `next` returns `Ok(None)` on a timeout (no message, not even a `status`, for that long: the daemon is
@@ -24,8 +25,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::publish::protocol::{self, ProtocolError};
-pub use crate::publish::protocol::{Detection, Detections, Format, Health, Hello, Message, Status};
+use crate::{self as protocol, Format, Message, ProtocolError};
 
 #[derive(Debug, Error)]
 pub enum ClientError {

@@ -1,13 +1,18 @@
 //! Protocol v1 of the detection socket (specified in docs/protocol.md): message types, JSON Lines and the
 //! length-prefixed little-endian binary framing, encoders (allocation-free into reused buffers) and decoders
-//! (for `kestrel::client`, `kestrel subscribe`, tests and fuzzing). Pure functions.
+//! (for [`client`], `kestrel subscribe`, tests and fuzzing). Pure functions, plus the socket [`client`].
+//!
+//! It depends only on the core crate (and on the vision crate for label names): a flight-control program
+//! can link it to read detections without pulling in ONNX Runtime or the daemon.
+
+pub mod client;
 
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::labels::label_for_str;
-use crate::sink::{FrameTimes, Published};
+use kestrel_core::published::{FrameTimes, Published};
+use kestrel_vision::labels::label_for_str;
 
 /// Protocol major version: bumped only for changes old clients cannot ignore.
 pub const VERSION: u8 = 1;
@@ -183,7 +188,7 @@ pub struct Status {
     pub latency_ms: LatencyMs,
     /// Seconds since the last published frame (null before the first).
     pub last_publish_age_s: Option<f64>,
-    pub camera: Option<crate::source::SourceSnapshot>,
+    pub camera: Option<kestrel_core::status::SourceSnapshot>,
     pub execution_provider: String,
     /// As in `hello`: present while running on a fallback provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,7 +249,7 @@ impl Serialize for Dets<'_> {
                 class_id: c.class_id,
                 label: label_for_str(f.labels, c.class_id),
                 score: c.score,
-                bbox: b,
+                bbox: b.xyxy(),
                 box_norm: [b[0] / w, b[1] / h, b[2] / w, b[3] / h],
                 angle_x: a.map(|a| a[0]),
                 angle_y: a.map(|a| a[1]),
@@ -316,7 +321,7 @@ pub fn write_detections_binary(f: &Published<'_>, buf: &mut Vec<u8>) {
         buf.extend_from_slice(&(c.class_id.min(u32::from(u16::MAX)) as u16).to_le_bytes());
         buf.extend_from_slice(&(if angles.is_some() { FLAG_ANGLES } else { 0 }).to_le_bytes());
         buf.extend_from_slice(&c.score.to_le_bytes());
-        for v in c.bbox {
+        for v in c.bbox.xyxy() {
             buf.extend_from_slice(&v.to_le_bytes());
         }
         let [ax, ay] = angles.copied().unwrap_or([f32::NAN, f32::NAN]);
@@ -535,9 +540,9 @@ pub fn next_binary_frame(buf: &[u8]) -> Result<Option<(std::ops::Range<usize>, u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::yolo::Candidate;
+    use kestrel_core::detection::Detection;
 
-    fn sample<'a>(dets: &'a [Candidate], angles: &'a [[f32; 2]], labels: &'a [String]) -> Published<'a> {
+    fn sample<'a>(dets: &'a [Detection], angles: &'a [[f32; 2]], labels: &'a [String]) -> Published<'a> {
         Published {
             seq: 42,
             capture_ns: 1_000_000_000,
@@ -563,15 +568,15 @@ mod tests {
     fn json_and_binary_decode_to_the_same_message() {
         let labels = vec!["person".to_string(), "dog".to_string()];
         let dets = [
-            Candidate {
+            Detection {
                 class_id: 0,
                 score: 0.9,
-                bbox: [64.0, 48.0, 320.0, 240.0],
+                bbox: kestrel_core::geometry::ImageBox::new([64.0, 48.0, 320.0, 240.0]),
             },
-            Candidate {
+            Detection {
                 class_id: 1,
                 score: 0.5,
-                bbox: [0.0, 0.0, 640.0, 480.0],
+                bbox: kestrel_core::geometry::ImageBox::new([0.0, 0.0, 640.0, 480.0]),
             },
         ];
         for angles in [&[][..], &[[0.1f32, -0.2], [0.0, 0.0]][..]] {
@@ -631,10 +636,10 @@ mod tests {
         assert!(decode_binary(&[2, 9, 0, 0], &[]).is_err());
         // extra trailing bytes and a longer record (a newer server) are fine
         let labels = vec!["a".to_string()];
-        let dets = [Candidate {
+        let dets = [Detection {
             class_id: 0,
             score: 0.5,
-            bbox: [1.0, 2.0, 3.0, 4.0],
+            bbox: kestrel_core::geometry::ImageBox::new([1.0, 2.0, 3.0, 4.0]),
         }];
         let f = sample(&dets, &[], &labels);
         let mut b = Vec::new();
@@ -667,8 +672,8 @@ mod tests {
                 cut in any::<usize>(),
             ) {
                 let labels = vec!["person".to_string()];
-                let dets: Vec<Candidate> = (0..n)
-                    .map(|i| Candidate { class_id: i as u32, score: 0.5, bbox: [1.0, 2.0, 3.0, 4.0] })
+                let dets: Vec<Detection> = (0..n)
+                    .map(|i| Detection { class_id: i as u32, score: 0.5, bbox: kestrel_core::geometry::ImageBox::new([1.0, 2.0, 3.0, 4.0]) })
                     .collect();
                 let f = sample(&dets, &[], &labels);
                 let mut b = Vec::new();

@@ -7,6 +7,20 @@
 //! centres, hence the half-pixel shift. Intrinsics calibrated at one resolution are scaled to the frame's.
 
 use serde::Deserialize;
+use thiserror::Error;
+
+/// What is wrong with an `[intrinsics]` section (the config layer adds the file and field).
+#[derive(Clone, Debug, Error, PartialEq)]
+pub enum IntrinsicsError {
+    #[error("fx and fy must be positive (got {fx} and {fy})")]
+    Focal { fx: f64, fy: f64 },
+    #[error("cx and cy must be finite")]
+    Centre,
+    #[error("width and height (the calibration's image size) must be set")]
+    Size,
+    #[error("distortion takes 4 or 5 finite coefficients [k1, k2, p1, p2(, k3)], got {0}")]
+    Distortion(usize),
+}
 
 /// `[intrinsics]` in the config: a calibration (e.g. from OpenCV's `calibrateCamera`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -38,22 +52,19 @@ pub struct Intrinsics {
 
 impl Intrinsics {
     /// Validated intrinsics; `Err` names the problem (the config layer adds file and field).
-    pub fn new(c: &IntrinsicsConfig) -> Result<Self, String> {
+    pub fn new(c: &IntrinsicsConfig) -> Result<Self, IntrinsicsError> {
         let pos = |v: f64| v.is_finite() && v > 0.0;
         if !pos(c.fx) || !pos(c.fy) {
-            return Err(format!("fx and fy must be positive (got {} and {})", c.fx, c.fy));
+            return Err(IntrinsicsError::Focal { fx: c.fx, fy: c.fy });
         }
         if !c.cx.is_finite() || !c.cy.is_finite() {
-            return Err("cx and cy must be finite".into());
+            return Err(IntrinsicsError::Centre);
         }
         if c.width == 0 || c.height == 0 {
-            return Err("width and height (the calibration's image size) must be set".into());
+            return Err(IntrinsicsError::Size);
         }
         if !matches!(c.distortion.len(), 0 | 4 | 5) || c.distortion.iter().any(|d| !d.is_finite()) {
-            return Err(format!(
-                "distortion takes 4 or 5 finite coefficients [k1, k2, p1, p2(, k3)], got {}",
-                c.distortion.len()
-            ));
+            return Err(IntrinsicsError::Distortion(c.distortion.len()));
         }
         let mut k = [0.0; 5];
         k[..c.distortion.len()].copy_from_slice(&c.distortion);
@@ -114,7 +125,7 @@ impl Intrinsics {
     }
 
     /// Angles of a box's centre.
-    pub fn box_angles(&self, b: &crate::BoxXyxy, img_w: u32, img_h: u32) -> [f32; 2] {
+    pub fn box_angles(&self, b: &kestrel_core::geometry::ImageBox, img_w: u32, img_h: u32) -> [f32; 2] {
         let u = (f64::from(b[0]) + f64::from(b[2])) / 2.0;
         let v = (f64::from(b[1]) + f64::from(b[3])) / 2.0;
         self.angles(u, v, img_w, img_h)
@@ -151,7 +162,14 @@ mod tests {
         let [bx, by] = c.angles(1140.0, 240.0, 1280, 960);
         assert!((bx - ax).abs() < 1e-6 && (by - ay).abs() < 1e-6, "{bx} {by}");
         // Box centre.
-        assert_eq!(c.box_angles(&[300.0, 200.0, 340.0, 280.0], 640, 480), [0.0, 0.0]);
+        assert_eq!(
+            c.box_angles(
+                &kestrel_core::geometry::ImageBox::new([300.0, 200.0, 340.0, 280.0]),
+                640,
+                480
+            ),
+            [0.0, 0.0]
+        );
     }
 
     #[test]
@@ -184,12 +202,12 @@ mod tests {
             height: 1,
             distortion: vec![],
         };
-        assert!(Intrinsics::new(&c).unwrap_err().contains("fx"));
+        assert!(Intrinsics::new(&c).unwrap_err().to_string().contains("fx"));
         c.fx = 1.0;
         c.distortion = vec![0.1, 0.2, 0.3];
-        assert!(Intrinsics::new(&c).unwrap_err().contains("4 or 5"));
+        assert!(Intrinsics::new(&c).unwrap_err().to_string().contains("4 or 5"));
         c.distortion = vec![];
         c.width = 0;
-        assert!(Intrinsics::new(&c).unwrap_err().contains("width"));
+        assert!(Intrinsics::new(&c).unwrap_err().to_string().contains("width"));
     }
 }

@@ -5,7 +5,7 @@
 use half::f16;
 use thiserror::Error;
 
-use crate::BoxXyxy;
+use kestrel_core::geometry::{ImageBox, ImagePoint, ModelBox, ModelPoint};
 
 /// The grey Ultralytics pads with.
 pub const PAD_VALUE: u8 = 114;
@@ -89,27 +89,27 @@ impl Letterbox {
     }
 
     /// A point in source-image pixels → model-input pixels.
-    pub fn model_from_image(&self, p: [f32; 2]) -> [f32; 2] {
-        [
-            (f64::from(p[0]) * self.scale_x + f64::from(self.pad_left)) as f32,
-            (f64::from(p[1]) * self.scale_y + f64::from(self.pad_top)) as f32,
-        ]
+    pub fn model_from_image(&self, p: ImagePoint) -> ModelPoint {
+        ModelPoint::new([
+            (f64::from(p.x()) * self.scale_x + f64::from(self.pad_left)) as f32,
+            (f64::from(p.y()) * self.scale_y + f64::from(self.pad_top)) as f32,
+        ])
     }
 
     /// A point in model-input pixels → source-image pixels (not clipped).
-    pub fn image_from_model(&self, p: [f32; 2]) -> [f32; 2] {
-        [
-            ((f64::from(p[0]) - f64::from(self.pad_left)) / self.scale_x) as f32,
-            ((f64::from(p[1]) - f64::from(self.pad_top)) / self.scale_y) as f32,
-        ]
+    pub fn image_from_model(&self, p: ModelPoint) -> ImagePoint {
+        ImagePoint::new([
+            ((f64::from(p.x()) - f64::from(self.pad_left)) / self.scale_x) as f32,
+            ((f64::from(p.y()) - f64::from(self.pad_top)) / self.scale_y) as f32,
+        ])
     }
 
     /// A box in model-input pixels → source-image pixels, clipped to the image.
-    pub fn image_box_from_model(&self, b: BoxXyxy) -> BoxXyxy {
-        let [x1, y1] = self.image_from_model([b[0], b[1]]);
-        let [x2, y2] = self.image_from_model([b[2], b[3]]);
+    pub fn image_box_from_model(&self, b: ModelBox) -> ImageBox {
+        let [x1, y1] = self.image_from_model(b.top_left()).0;
+        let [x2, y2] = self.image_from_model(b.bottom_right()).0;
         let (w, h) = (self.src_w as f32, self.src_h as f32);
-        [x1.clamp(0.0, w), y1.clamp(0.0, h), x2.clamp(0.0, w), y2.clamp(0.0, h)]
+        ImageBox::new([x1.clamp(0.0, w), y1.clamp(0.0, h), x2.clamp(0.0, w), y2.clamp(0.0, h)])
     }
 }
 
@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn boxes_map_back_and_clip() {
         let lb = Letterbox::new(640, 424, 416, 416).unwrap();
-        let b = lb.image_box_from_model([-5.0, 60.0, 420.0, 346.0]);
+        let b = lb.image_box_from_model(ModelBox::new([-5.0, 60.0, 420.0, 346.0]));
         assert_eq!(b[0], 0.0);
         assert_eq!(b[1], 0.0);
         assert_eq!(b[2], 640.0);
@@ -608,7 +608,7 @@ mod tests {
             let lb = Letterbox::new(src_w, src_h, dst, dst).unwrap();
             prop_assert!(lb.new_w <= dst && lb.new_h <= dst);
             prop_assert!(lb.new_w == dst || lb.new_h == dst);
-            let p = [fx * src_w as f32, fy * src_h as f32];
+            let p = ImagePoint::new([fx * src_w as f32, fy * src_h as f32]);
             let q = lb.image_from_model(lb.model_from_image(p));
             let tol = 1e-4 * (src_w.max(src_h) as f32).max(1.0);
             prop_assert!((q[0] - p[0]).abs() <= tol && (q[1] - p[1]).abs() <= tol, "{:?} -> {:?}", p, q);

@@ -1,23 +1,14 @@
 //! Class-aware non-maximum suppression (greedy, as torchvision's `batched_nms` that Ultralytics uses). Pure.
 
 use crate::yolo::Candidate;
-use crate::BoxXyxy;
+use kestrel_core::geometry::BoxXyxy;
 
 /// Ultralytics' cap on boxes entering NMS.
 pub const MAX_NMS_INPUT: usize = 30_000;
 
 /// Intersection over union; 0 for empty or degenerate boxes.
-pub fn iou(a: &BoxXyxy, b: &BoxXyxy) -> f32 {
-    let area = |r: &BoxXyxy| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let union = area(a) + area(b) - inter;
-    if union > 0.0 {
-        inter / union
-    } else {
-        0.0
-    }
+pub fn iou<S>(a: &BoxXyxy<S>, b: &BoxXyxy<S>) -> f32 {
+    a.iou(b)
 }
 
 /// Keep the best-scoring boxes, dropping any box whose IoU with a kept box of the same class is above
@@ -52,16 +43,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn cand(class_id: u32, score: f32, bbox: BoxXyxy) -> Candidate {
-        Candidate { class_id, score, bbox }
+    fn cand(class_id: u32, score: f32, bbox: [f32; 4]) -> Candidate {
+        Candidate {
+            class_id,
+            score,
+            bbox: BoxXyxy::new(bbox),
+        }
+    }
+
+    fn b(xyxy: [f32; 4]) -> kestrel_core::geometry::ModelBox {
+        BoxXyxy::new(xyxy)
     }
 
     #[test]
     fn iou_basics() {
-        assert_eq!(iou(&[0.0, 0.0, 2.0, 2.0], &[0.0, 0.0, 2.0, 2.0]), 1.0);
-        assert_eq!(iou(&[0.0, 0.0, 2.0, 2.0], &[1.0, 0.0, 3.0, 2.0]), 1.0 / 3.0);
-        assert_eq!(iou(&[0.0, 0.0, 1.0, 1.0], &[1.0, 1.0, 2.0, 2.0]), 0.0); // touching corners
-        assert_eq!(iou(&[0.0, 0.0, 0.0, 0.0], &[0.0, 0.0, 0.0, 0.0]), 0.0);
+        assert_eq!(iou(&b([0.0, 0.0, 2.0, 2.0]), &b([0.0, 0.0, 2.0, 2.0])), 1.0);
+        assert_eq!(iou(&b([0.0, 0.0, 2.0, 2.0]), &b([1.0, 0.0, 3.0, 2.0])), 1.0 / 3.0);
+        assert_eq!(iou(&b([0.0, 0.0, 1.0, 1.0]), &b([1.0, 1.0, 2.0, 2.0])), 0.0); // touching corners
+        assert_eq!(iou(&b([0.0, 0.0, 0.0, 0.0]), &b([0.0, 0.0, 0.0, 0.0])), 0.0);
     }
 
     #[test]

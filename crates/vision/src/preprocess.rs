@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use turbojpeg::{Decompressor, Image, PixelFormat as TjFormat, ScalingFactor};
 
-use crate::frame::{Frame, PixelFormat};
 use crate::letterbox::{Letterbox, LetterboxError, Preprocessor, TensorElement};
-use crate::model::{InputTensor, TensorDataMut};
-use crate::yuv::{nv12_row_to_rgb, nv12_rows, yuyv_row_to_rgb, YuvSpec};
+use crate::tensor::TensorMut;
+use crate::yuv::{nv12_row_to_rgb, nv12_rows, yuyv_row_to_rgb, Coeffs, YuvSpec};
+use kestrel_core::frame::{Frame, PixelFormat};
 
 #[derive(Debug, Error)]
 pub enum PreprocessError {
@@ -96,13 +96,13 @@ impl FramePreprocessor {
     pub fn prepare(
         &mut self,
         src: Pixels<'_>,
-        out: &mut InputTensor,
+        out: TensorMut<'_>,
         dst_w: u32,
         dst_h: u32,
     ) -> Result<Letterbox, PreprocessError> {
-        match out.data_mut() {
-            TensorDataMut::F32(t) => self.prepare_typed(src, t, dst_w, dst_h),
-            TensorDataMut::F16(t) => self.prepare_typed(src, t, dst_w, dst_h),
+        match out {
+            TensorMut::F32(t) => self.prepare_typed(src, t, dst_w, dst_h),
+            TensorMut::F16(t) => self.prepare_typed(src, t, dst_w, dst_h),
         }
     }
 
@@ -110,7 +110,7 @@ impl FramePreprocessor {
     pub fn prepare_frame(
         &mut self,
         f: &Frame,
-        out: &mut InputTensor,
+        out: TensorMut<'_>,
         dst_w: u32,
         dst_h: u32,
     ) -> Result<Letterbox, PreprocessError> {
@@ -178,7 +178,7 @@ impl FramePreprocessor {
                 even(w % 2 == 0)?;
                 check(w * h * 2)?;
                 let lb = Letterbox::new(width, height, dst_w, dst_h)?;
-                let k = yuv.coeffs();
+                let k = Coeffs::of(yuv);
                 // Converted row by row inside the resampler: no full-size RGB copy.
                 self.letterbox.letterbox_rows_into(width, height, &lb, out, |y, dst| {
                     yuyv_row_to_rgb(&data[y * w * 2..(y + 1) * w * 2], &k, dst)
@@ -189,7 +189,7 @@ impl FramePreprocessor {
                 even(w % 2 == 0 && h % 2 == 0)?;
                 check(w * h * 3 / 2)?;
                 let lb = Letterbox::new(width, height, dst_w, dst_h)?;
-                let k = yuv.coeffs();
+                let k = Coeffs::of(yuv);
                 self.letterbox.letterbox_rows_into(width, height, &lb, out, |y, dst| {
                     let (l, c) = nv12_rows(w, h, y);
                     nv12_row_to_rgb(&data[l], &data[c], &k, dst)
@@ -250,7 +250,7 @@ impl FramePreprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::synthetic::{render_rgb, rgb_to_nv12, rgb_to_yuyv};
+    use crate::pattern::{render_rgb, rgb_to_nv12, rgb_to_yuyv};
     use crate::yuv::{nv12_to_rgb, yuyv_to_rgb};
 
     #[test]
@@ -302,15 +302,13 @@ mod tests {
                         data,
                         yuv: spec,
                     };
-                    let mut got = InputTensor::F32(vec![0.0; want.len()]);
-                    assert_eq!(fp.prepare(px, &mut got, dw, dh).unwrap(), lb);
+                    let mut got = vec![0.0; want.len()];
+                    assert_eq!(fp.prepare(px, TensorMut::F32(&mut got), dw, dh).unwrap(), lb);
                     // twice: cached taps and row cache state must not leak between frames
-                    fp.prepare(px, &mut got, dw, dh).unwrap();
-                    let InputTensor::F32(got) = got else { unreachable!() };
+                    fp.prepare(px, TensorMut::F32(&mut got), dw, dh).unwrap();
                     assert!(got == want, "{format:?} {w}x{h}->{dw}x{dh} {spec:?}");
-                    let mut got16 = InputTensor::F16(vec![half::f16::ZERO; want.len()]);
-                    fp.prepare(px, &mut got16, dw, dh).unwrap();
-                    let InputTensor::F16(got16) = got16 else { unreachable!() };
+                    let mut got16 = vec![half::f16::ZERO; want.len()];
+                    fp.prepare(px, TensorMut::F16(&mut got16), dw, dh).unwrap();
                     assert!(got16.iter().zip(&want).all(|(a, b)| *a == half::f16::from_f32(*b)));
                 }
             }
@@ -347,8 +345,10 @@ mod tests {
         img.write_to(&mut jpg, image::ImageFormat::Jpeg).unwrap();
         let jpg = jpg.into_inner();
         let mut fp = FramePreprocessor::new(false).unwrap();
-        let mut a = InputTensor::F32(vec![0.0; 3 * 160 * 160]);
-        let lb = fp.prepare(Pixels::jpeg(&jpg), &mut a, 160, 160).unwrap();
+        let mut a = vec![0.0; 3 * 160 * 160];
+        let lb = fp
+            .prepare(Pixels::jpeg(&jpg), TensorMut::F32(&mut a), 160, 160)
+            .unwrap();
         assert_eq!(
             (lb.src_w, lb.src_h, lb.new_w, lb.new_h, lb.pad_top),
             (320, 200, 160, 100, 30)
@@ -356,20 +356,19 @@ mod tests {
         let decoded = crate::decode::decode_image(&jpg).unwrap();
         let mut b = vec![0f32; 3 * 160 * 160];
         Preprocessor::new().letterbox_into(&decoded.data, &lb, &mut b).unwrap();
-        let InputTensor::F32(a) = a else { unreachable!() };
         let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(max * 255.0 <= 6.0, "max diff {} levels", max * 255.0);
         // DCT-scaled decoding keeps the geometry.
         let mut fp = FramePreprocessor::new(true).unwrap();
-        let mut c = InputTensor::F32(vec![0.0; 3 * 64 * 64]);
-        let lb2 = fp.prepare(Pixels::jpeg(&jpg), &mut c, 64, 64).unwrap();
+        let mut c = vec![0.0; 3 * 64 * 64];
+        let lb2 = fp.prepare(Pixels::jpeg(&jpg), TensorMut::F32(&mut c), 64, 64).unwrap();
         assert_eq!((lb2.new_w, lb2.new_h, lb2.pad_top), (64, 40, 12));
     }
 
     #[test]
     fn wrong_sizes_and_garbage_are_errors() {
         let mut fp = FramePreprocessor::new(true).unwrap();
-        let mut t = InputTensor::F32(vec![0.0; 3 * 32 * 32]);
+        let mut t = vec![0.0; 3 * 32 * 32];
         let mut raw = |format, width, height, data: &[u8]| {
             fp.prepare(
                 Pixels {
@@ -379,7 +378,7 @@ mod tests {
                     data,
                     yuv: YuvSpec::BT601_LIMITED,
                 },
-                &mut t,
+                TensorMut::F32(&mut t),
                 32,
                 32,
             )

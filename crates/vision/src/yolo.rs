@@ -7,7 +7,7 @@
 
 use thiserror::Error;
 
-use crate::BoxXyxy;
+use kestrel_core::geometry::ModelBox;
 
 #[derive(Debug, Error, PartialEq)]
 pub enum YoloError {
@@ -95,7 +95,7 @@ impl OutputLayout {
 pub struct Candidate {
     pub class_id: u32,
     pub score: f32,
-    pub bbox: BoxXyxy,
+    pub bbox: ModelBox,
 }
 
 /// Values a model can output.
@@ -113,10 +113,6 @@ impl OutputElement for half::f16 {
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)
     }
-}
-
-fn xyxy(cx: f32, cy: f32, w: f32, h: f32) -> BoxXyxy {
-    [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0]
 }
 
 /// Append every candidate whose score is above `conf` (strictly, as Ultralytics filters) to `out`, best
@@ -147,7 +143,7 @@ pub fn decode<T: OutputElement>(
                 let (best, cls) = argmax(row[5..].iter().map(|v| v.to_f32()));
                 let score = obj * cls;
                 if score > conf {
-                    let b = xyxy(row[0].to_f32(), row[1].to_f32(), row[2].to_f32(), row[3].to_f32());
+                    let b = ModelBox::from_cxcywh(row[0].to_f32(), row[1].to_f32(), row[2].to_f32(), row[3].to_f32());
                     out.push(Candidate {
                         class_id: best,
                         score,
@@ -164,7 +160,7 @@ pub fn decode<T: OutputElement>(
                     out.push(Candidate {
                         class_id: best,
                         score,
-                        bbox: xyxy(at(0, i), at(1, i), at(2, i), at(3, i)),
+                        bbox: ModelBox::from_cxcywh(at(0, i), at(1, i), at(2, i), at(3, i)),
                     });
                 }
             }
@@ -234,7 +230,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].class_id, 1);
         assert!((out[0].score - 0.72).abs() < 1e-6);
-        assert_eq!(out[0].bbox, [8.0, 17.0, 12.0, 23.0]);
+        assert_eq!(out[0].bbox.xyxy(), [8.0, 17.0, 12.0, 23.0]);
     }
 
     #[test]
@@ -246,12 +242,12 @@ mod tests {
         decode(layout, &data, 0.25, &mut out).unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(
-            (out[0].class_id, out[0].score, out[0].bbox),
+            (out[0].class_id, out[0].score, out[0].bbox.xyxy()),
             (1, 0.6, [0.0, 0.0, 2.0, 4.0])
         );
         // tie between classes: the first wins
         assert_eq!(
-            (out[1].class_id, out[1].score, out[1].bbox),
+            (out[1].class_id, out[1].score, out[1].bbox.xyxy()),
             (0, 0.3, [90.0, 180.0, 110.0, 220.0])
         );
     }

@@ -16,6 +16,7 @@
 //! Configuration problems that retrying cannot fix (not a capture device, none of the wanted pixel formats)
 //! end the source with an error, so the process exits non-zero.
 
+mod colour;
 pub mod devices;
 pub mod negotiate;
 pub mod stream;
@@ -31,11 +32,13 @@ use v4l::{Device, FourCC, Fraction};
 
 use self::negotiate::{Backoff, FormatOffer, LateCapture, SequenceGaps, SizeOffer};
 use self::stream::{BufferInfo, MmapStream, PixFormat, CAP_STREAMING, CAP_VIDEO_CAPTURE};
-use super::{take_buffer, Source, SourceError, SourceState, SourceStatus, POLL};
+use super::{take_buffer, Source, SourceError, POLL};
 use crate::config::{CameraFormat, SourceConfig};
-use crate::frame::{monotonic_ns, Frame, PixelFormat};
-use crate::pool::{Pool, Pooled};
-use crate::yuv::YuvSpec;
+use kestrel_core::clock::monotonic_ns;
+use kestrel_core::frame::{Frame, PixelFormat};
+use kestrel_core::pool::{Pool, Pooled};
+use kestrel_core::status::{SourceState, SourceStatus};
+use kestrel_vision::yuv::YuvSpec;
 
 /// errno values that mean "the device is not (yet, or no longer) there, or not ready": retry.
 const RETRYABLE: [i32; 11] = [
@@ -147,8 +150,8 @@ pub struct V4l2Source {
     /// Capture time of the previous frame (across reconnects), to keep capture times monotonic.
     last_capture_ns: u64,
     seq: u64,
-    corrupt_log: crate::pipeline::RateLimitedLog,
-    late_log: crate::pipeline::RateLimitedLog,
+    corrupt_log: kestrel_core::ratelog::RateLimitedLog,
+    late_log: kestrel_core::ratelog::RateLimitedLog,
 }
 
 impl V4l2Source {
@@ -173,8 +176,8 @@ impl V4l2Source {
             warned_future_ts: false,
             last_capture_ns: 0,
             seq: 0,
-            corrupt_log: crate::pipeline::RateLimitedLog::new("corrupt camera frame skipped"),
-            late_log: crate::pipeline::RateLimitedLog::new("camera frames lost to a late capture"),
+            corrupt_log: kestrel_core::ratelog::RateLimitedLog::new("corrupt camera frame skipped"),
+            late_log: kestrel_core::ratelog::RateLimitedLog::new("camera frames lost to a late capture"),
         };
         match s.try_open() {
             Ok(()) => {}
@@ -389,7 +392,7 @@ fn accept_format(asked: CameraFormat, pix: &PixFormat) -> Result<Negotiated, Str
         ));
     }
     let (w, h) = (pix.width, pix.height);
-    if w == 0 || h == 0 || w > crate::decode::MAX_SIDE || h > crate::decode::MAX_SIDE {
+    if w == 0 || h == 0 || w > kestrel_vision::decode::MAX_SIDE || h > kestrel_vision::decode::MAX_SIDE {
         return Err(format!("driver set an unusable size {w}x{h}"));
     }
     let min_stride = match asked {
@@ -407,7 +410,7 @@ fn accept_format(asked: CameraFormat, pix: &PixFormat) -> Result<Negotiated, Str
         width: w,
         height: h,
         stride,
-        yuv: YuvSpec::from_v4l2(pix.colorspace, pix.ycbcr_enc, pix.quantization),
+        yuv: colour::yuv_spec_from_v4l2(pix.colorspace, pix.ycbcr_enc, pix.quantization),
         fps: 0.0,
     })
 }

@@ -42,7 +42,7 @@ const UNKNOWN_RECHECK: Duration = Duration::from_millis(1);
 /// What the inference stage is doing, how many frames are on their way to it, and timing estimates
 /// (nanoseconds; EWMA), shared by the inference stage and the workers.
 pub(super) struct Pace {
-    /// Monotonic nanoseconds; [`crate::frame::monotonic_ns`] except in tests.
+    /// Monotonic nanoseconds; [`kestrel_core::clock::monotonic_ns`] except in tests.
     clock: fn() -> u64,
     /// When inference took the frame it runs now (or is about to run: it already holds it); 0 while it waits
     /// for a prepared frame.
@@ -347,8 +347,8 @@ impl<S> Feed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::{Pool, Pooled};
     use crossbeam_channel::bounded;
+    use kestrel_core::pool::{Pool, Pooled};
     use std::cell::Cell;
 
     thread_local! {
@@ -758,15 +758,18 @@ mod tests {
 
     #[test]
     fn idle_wakes_a_sleeping_worker_at_once() {
-        let pace = Arc::new(Pace::new(crate::frame::monotonic_ns));
+        let pace = Arc::new(Pace::new(kestrel_core::clock::monotonic_ns));
         pace.begin(pace.now());
         pace.cycle(10_000 * MS); // a 10 s inference
         let p2 = pace.clone();
-        let worker = std::thread::spawn(move || {
-            let t0 = std::time::Instant::now();
-            assert!(p2.claim(Duration::from_secs(60), &|| false));
-            t0.elapsed()
-        });
+        let worker = std::thread::Builder::new()
+            .name("test-worker".into())
+            .spawn(move || {
+                let t0 = std::time::Instant::now();
+                assert!(p2.claim(Duration::from_secs(60), &|| false));
+                t0.elapsed()
+            })
+            .unwrap();
         std::thread::sleep(Duration::from_millis(50));
         pace.idle();
         let waited = worker.join().unwrap();

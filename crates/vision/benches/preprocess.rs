@@ -1,13 +1,16 @@
 //! Criterion micro-benchmarks of the per-frame CPU work: JPEG decode (full and DCT-scaled) and letterbox,
 //! on the 1080p frames scripts/setup.sh makes. `cargo bench --bench preprocess`.
 
+// A benchmark harness, like a test: a missing frame or a failed call should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use criterion::{criterion_group, criterion_main, Criterion};
-use kestrel::letterbox::{Letterbox, Preprocessor};
-use kestrel::model::InputTensor;
-use kestrel::preprocess::{FramePreprocessor, Pixels};
+use kestrel_vision::letterbox::{Letterbox, Preprocessor};
+use kestrel_vision::preprocess::{FramePreprocessor, Pixels};
+use kestrel_vision::tensor::TensorMut;
 
 fn frame() -> Vec<u8> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/.cache/bench/1080p/00-person.jpg");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cache/bench/1080p/00-person.jpg");
     std::fs::read(path).expect("1080p frames (run scripts/setup.sh)")
 }
 
@@ -20,10 +23,10 @@ fn preprocess(c: &mut Criterion) {
         ("to_416_scaled", 416, true),
     ] {
         let mut fp = FramePreprocessor::new(scaled).unwrap();
-        let mut t = InputTensor::F32(vec![0.0; 3 * size * size]);
+        let mut t = vec![0f32; 3 * size * size];
         g.bench_function(name, |b| {
             b.iter(|| {
-                fp.prepare(Pixels::jpeg(&jpg), &mut t, size as u32, size as u32)
+                fp.prepare(Pixels::jpeg(&jpg), TensorMut::F32(&mut t), size as u32, size as u32)
                     .unwrap()
             })
         });
@@ -42,9 +45,9 @@ fn preprocess(c: &mut Criterion) {
 /// Raw camera frames → 416 tensor: the fused path (rows converted inside the resampler) against converting the
 /// whole frame to RGB first and letterboxing that (what the fused path replaced).
 fn raw_camera(c: &mut Criterion) {
-    use kestrel::frame::PixelFormat;
-    use kestrel::source::synthetic::{render_rgb, rgb_to_nv12, rgb_to_yuyv};
-    use kestrel::yuv::{nv12_to_rgb, yuyv_to_rgb, YuvSpec};
+    use kestrel_core::frame::PixelFormat;
+    use kestrel_vision::pattern::{render_rgb, rgb_to_nv12, rgb_to_yuyv};
+    use kestrel_vision::yuv::{nv12_to_rgb, yuyv_to_rgb, YuvSpec};
     let mut g = c.benchmark_group("camera_to_416");
     for (w, h) in [(640u32, 480u32), (1280, 720)] {
         let mut rgb = Vec::new();
@@ -54,7 +57,7 @@ fn raw_camera(c: &mut Criterion) {
         rgb_to_nv12(&rgb, w as usize, h as usize, &mut nv12);
         for (format, data, name) in [(PixelFormat::Yuyv, &yuyv, "yuyv"), (PixelFormat::Nv12, &nv12, "nv12")] {
             let mut fp = FramePreprocessor::new(true).unwrap();
-            let mut t = InputTensor::F32(vec![0.0; 3 * 416 * 416]);
+            let mut t = vec![0f32; 3 * 416 * 416];
             let px = Pixels {
                 format,
                 width: w,
@@ -63,7 +66,7 @@ fn raw_camera(c: &mut Criterion) {
                 yuv: YuvSpec::BT601_LIMITED,
             };
             g.bench_function(format!("{name}_{w}x{h}_fused"), |b| {
-                b.iter(|| fp.prepare(px, &mut t, 416, 416).unwrap())
+                b.iter(|| fp.prepare(px, TensorMut::F32(&mut t), 416, 416).unwrap())
             });
             let lb = Letterbox::new(w, h, 416, 416).unwrap();
             let mut pre = Preprocessor::new();

@@ -4,36 +4,30 @@
 //! alike. Prints a table and optionally writes JSON. Reports numbers; never judges them.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::config::{Config, SourceKind};
-use crate::daemon::{cores, pipeline_options};
-use crate::ep::{EpKind, EpOptions};
-use crate::metrics::Stage;
-use crate::model::{Detector, SessionOptions};
-use crate::pipeline::{default_workers, Inference, Pipeline, SleepInference};
-use crate::preprocess::{FramePreprocessor, Pixels};
-use crate::sink::NullSink;
-use crate::source::images::ImagesSource;
-use crate::{runtime, source};
+use kestrel_camera::images::ImagesSource;
+use kestrel_daemon::assemble::{cores, pipeline_options};
+use kestrel_daemon::config::{Config, SourceKind};
+use kestrel_daemon::metrics::Stage;
+use kestrel_daemon::pipeline::{default_workers, Inference, Pipeline, SleepInference};
+use kestrel_daemon::sink::NullSink;
+use kestrel_infer::ep::{EpKind, EpOptions};
+use kestrel_infer::model::{Detector, SessionOptions};
+use kestrel_infer::runtime;
+use kestrel_vision::preprocess::{FramePreprocessor, Pixels};
 
-/// `eprintln!` that never panics (stderr may be a closed pipe).
+use crate::exit::{Exit, Failure, OrExit as _};
+
+/// `println!` that never panics (stdout may be a closed pipe).
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-macro_rules! report {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
 
@@ -70,7 +64,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Execution providers, one row each (comma-separated): cpu, cuda, tensorrt.
-    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "cpu")]
+    #[arg(long, value_name = "LIST", value_parser = super::ep_kind, value_delimiter = ',', default_value = "cpu")]
     ep: Vec<EpKind>,
     /// Precisions, one row each (comma-separated): fp32, fp16. fp16 on TensorRT builds an FP16 engine from the
     /// FP32 model; on CUDA and the CPU it runs the model's FP16 variant (`<stem>-fp16.onnx` beside it).
@@ -222,8 +216,8 @@ struct RowBench {
     opts: SessionOptions,
     bare: Detector,
     prep: FramePreprocessor,
-    tensor: crate::model::InputTensor,
-    cands: Vec<crate::yolo::Candidate>,
+    tensor: kestrel_infer::model::InputTensor,
+    cands: Vec<kestrel_vision::yolo::Candidate>,
     cfg: Config,
     workers: usize,
     intra: usize,
@@ -241,12 +235,12 @@ struct RowBench {
 /// What one pipeline run measured.
 struct PipelineRun {
     fps: f64,
-    age: crate::metrics::Latency,
+    age: kestrel_daemon::metrics::Latency,
     age_p95_ms: f64,
     prepared_wait_p95_ms: f64,
-    latency: crate::metrics::Latency,
+    latency: kestrel_daemon::metrics::Latency,
     infer_p50_ms: f64,
-    infer_wait: crate::metrics::Latency,
+    infer_wait: kestrel_daemon::metrics::Latency,
     /// Decode p50 + letterbox p50.
     preprocess_p50_ms: f64,
 }
@@ -295,7 +289,7 @@ impl RowBench {
         let (w, h) = (bare.info.input_width, bare.info.input_height);
         let mut prep = FramePreprocessor::new(true)?;
         let mut tensor = bare.new_input();
-        prep.prepare(Pixels::jpeg(&frames[0]), &mut tensor, w, h)?;
+        prep.prepare(Pixels::jpeg(&frames[0]), tensor.data_mut(), w, h)?;
         let header = turbojpeg::read_header(&frames[0]).context("reading the first frame's header")?;
         let mut cands = Vec::new();
         for _ in 0..3 {
@@ -342,7 +336,7 @@ impl RowBench {
         let t = Instant::now();
         for i in 0..a.n {
             let f = &frames[i % frames.len()];
-            self.prep.prepare(Pixels::jpeg(f), &mut self.tensor, w, h)?;
+            self.prep.prepare(Pixels::jpeg(f), self.tensor.data_mut(), w, h)?;
         }
         self.fb.push(t.elapsed().as_secs_f64() * 1e3 / a.n as f64);
         // (c) the full pipeline
@@ -411,7 +405,7 @@ impl RowBench {
     /// Run the pipeline with `inference` on the frames (paced at `source_fps`, 0: unpaced), over `a.n` frames
     /// after the first 3 (start-up).
     fn pipeline(&self, a: &BenchArgs, inference: Box<dyn Inference>, source_fps: f64) -> anyhow::Result<PipelineRun> {
-        let pool = source::buffer_pool_size(self.workers, self.cfg.pipeline.queue_depth);
+        let pool = kestrel_camera::buffer_pool_size(self.workers, self.cfg.pipeline.queue_depth);
         let src = ImagesSource::open(&a.frames, source_fps, true, pool)?;
         let stop = Arc::new(AtomicBool::new(false));
         let p = Pipeline::start(
@@ -521,7 +515,7 @@ fn spread(s: &Spread, digits: usize) -> String {
     format!("{:.d$} [{:.d$}–{:.d$}]", s.median, s.min, s.max, d = digits)
 }
 
-pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
+pub fn run(ort: Option<&Path>, a: &BenchArgs) -> Result<Exit, Failure> {
     let result = (|| -> anyhow::Result<Vec<Row>> {
         anyhow::ensure!(a.reps > 0 && a.n > 0, "--reps and --n must be at least 1");
         let frames = load_frames(&a.frames)?;
@@ -563,13 +557,7 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
         let rows: Vec<Row> = benches.iter().map(|b| b.row(a)).collect();
         Ok(rows)
     })();
-    let rows = match result {
-        Ok(r) => r,
-        Err(e) => {
-            report!("kestrel: error: {e:#}");
-            return ExitCode::from(3);
-        }
-    };
+    let rows = result.or_exit(Exit::Setup)?;
     outln!(
         "| EP | model | input | prec | frames | ORT thr | workers | (a) bare fps | (b) decode+letterbox ms | (c) pipeline fps | (c)/(a) | limit | (c) age at infer p50/p95/p99 ms | (c) prepared→infer p95 ms | (c) capture→publish p50/p99 ms | (c) infer ms, 1/(a) ms |"
     );
@@ -661,11 +649,13 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> ExitCode {
     if let Some(path) = &a.json {
         let out = serde_json::json!({ "cores": cores(), "reps": a.reps, "n": a.n, "rows": rows });
         if let Err(e) = std::fs::write(path, serde_json::to_vec_pretty(&out).unwrap_or_default()) {
-            report!("kestrel: error: cannot write {}: {e}", path.display());
-            return ExitCode::from(1);
+            return Err(Failure::new(
+                Exit::Failed,
+                anyhow::anyhow!("cannot write {}: {e}", path.display()),
+            ));
         }
     }
-    ExitCode::SUCCESS
+    Ok(Exit::Success)
 }
 
 #[cfg(test)]

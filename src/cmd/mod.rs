@@ -1,0 +1,53 @@
+//! One module per command; what several share is here.
+
+pub mod bench;
+pub mod build_engine;
+pub mod check_config;
+pub mod detect;
+pub mod devices;
+pub mod golden;
+pub mod run;
+pub mod subscribe;
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use kestrel_infer::ep::EpKind;
+
+pub const DEFAULT_MODEL: &str = "models/yolov3-tiny-416.onnx";
+
+#[derive(Args)]
+pub struct ConfigArgs {
+    /// Configuration file.
+    #[arg(long, short, value_name = "PATH", default_value = kestrel_daemon::config::DEFAULT_PATH)]
+    pub config: PathBuf,
+}
+
+/// clap value parser: a number in `0..=1` (clap reports the message as a usage error).
+pub fn unit_interval(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
+}
+
+/// clap value parser: an execution provider name (`tensorrt`/`trt`, `cuda`, `cpu`).
+pub fn ep_kind(s: &str) -> Result<EpKind, String> {
+    EpKind::parse(s).ok_or_else(|| format!("`{s}` is not an execution provider (tensorrt, cuda, cpu)"))
+}
+
+/// The default model path is relative to the project; also look beside the executable's ancestors so
+/// `target/release/kestrel` works from any directory.
+pub fn resolve_model_path(p: &Path) -> PathBuf {
+    if p.exists() || p.is_absolute() || p != Path::new(DEFAULT_MODEL) {
+        return p.to_path_buf();
+    }
+    let exe = std::env::current_exe().ok();
+    exe.as_deref()
+        .and_then(Path::parent)
+        .into_iter()
+        .flat_map(|d| d.ancestors().take(4))
+        .map(|d| d.join(p))
+        .find(|c| c.exists())
+        .unwrap_or_else(|| p.to_path_buf())
+}
