@@ -35,7 +35,8 @@ pub struct YuvSpec {
     pub range: Range,
 }
 
-// V4L2 enum values (videodev2.h), so this module needs no bindings.
+// V4L2 enum values (videodev2.h), so this module needs no bindings (the V4L2 source's tests check them against
+// the bindings).
 const V4L2_COLORSPACE_SMPTE170M: u32 = 1;
 const V4L2_COLORSPACE_REC709: u32 = 3;
 const V4L2_COLORSPACE_JPEG: u32 = 7;
