@@ -3,6 +3,8 @@
 //! health counters ([`SourceStatus`]); the daemon's capture thread drives it.
 
 pub mod config;
+#[cfg(test)]
+mod hand_constants;
 pub mod images;
 pub mod mjpeg;
 pub mod synthetic;

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use v4l::v4l_sys::{V4L2_CAP_STREAMING, V4L2_CAP_VIDEO_CAPTURE};
 use v4l::video::Capture;
 use v4l::{Device, FourCC};
 
 use super::negotiate::SizeOffer;
-use super::stream::{self, CAP_STREAMING, CAP_VIDEO_CAPTURE};
+use super::stream;
 use crate::config::CameraFormat;
 
 #[derive(Clone, Debug, Serialize)]
@@ -106,7 +107,7 @@ pub fn describe(path: &Path) -> DeviceInfo {
     let handle = dev.handle();
     match stream::query_caps(&handle) {
         Ok(c) => {
-            info.capture = c.device_caps & CAP_VIDEO_CAPTURE != 0 && c.device_caps & CAP_STREAMING != 0;
+            info.capture = c.device_caps & V4L2_CAP_VIDEO_CAPTURE != 0 && c.device_caps & V4L2_CAP_STREAMING != 0;
             (info.driver, info.card, info.bus) = (c.driver, c.card, c.bus);
         }
         Err(e) => {

@@ -27,11 +27,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
+use v4l::v4l_sys::{V4L2_CAP_STREAMING, V4L2_CAP_VIDEO_CAPTURE};
 use v4l::video::Capture;
 use v4l::{Device, FourCC, Fraction};
 
 use self::negotiate::{Backoff, FormatOffer, LateCapture, SequenceGaps, SizeOffer};
-use self::stream::{BufferInfo, MmapStream, PixFormat, CAP_STREAMING, CAP_VIDEO_CAPTURE};
+use self::stream::{BufferInfo, MmapStream, PixFormat};
 use super::{take_buffer, Source, SourceError, POLL};
 use crate::config::{CameraFormat, SourceConfig};
 use kestrel_core::clock::monotonic_ns;
@@ -41,20 +43,19 @@ use kestrel_core::status::{SourceState, SourceStatus};
 use kestrel_vision::yuv::YuvSpec;
 
 /// errno values that mean "the device is not (yet, or no longer) there, or not ready": retry.
-const RETRYABLE: [i32; 11] = [
-    1,   // EPERM  } a node that just appeared is root-only until udev applies its rules; a wrong
-    13,  // EACCES } group stays visible in the "still waiting" warnings
-    2,   // ENOENT: no such node (yet)
-    5,   // EIO
-    6,   // ENXIO
-    11,  // EAGAIN
-    16,  // EBUSY: another process streams from it
-    19,  // ENODEV: unplugged
-    71,  // EPROTO: UVC control transfer failed
-    110, // ETIMEDOUT
-    4,   // EINTR
+const RETRYABLE: [Errno; 11] = [
+    Errno::PERM,   // } a node that just appeared is root-only until udev applies its rules; a wrong
+    Errno::ACCESS, // } group stays visible in the "still waiting" warnings
+    Errno::NOENT,  // no such node (yet)
+    Errno::IO,
+    Errno::NXIO,
+    Errno::AGAIN,
+    Errno::BUSY,  // another process streams from it
+    Errno::NODEV, // unplugged
+    Errno::PROTO, // UVC control transfer failed
+    Errno::TIMEDOUT,
+    Errno::INTR,
 ];
-const ENODEV: i32 = 19;
 
 /// Camera settings taken from the `[source]` section.
 #[derive(Clone, Debug)]
@@ -97,7 +98,7 @@ enum OpenError {
 }
 
 fn io_open_error(what: &str, e: io::Error) -> OpenError {
-    match e.raw_os_error() {
+    match Errno::from_io_error(&e) {
         Some(code) if RETRYABLE.contains(&code) => OpenError::Retry(format!("{what}: {e}")),
         _ => OpenError::Fatal(format!("{what}: {e}")),
     }
@@ -341,7 +342,7 @@ fn open_camera(cfg: &CameraConfig) -> Result<Camera, OpenError> {
     let dev = Device::with_path(path).map_err(|e| io_open_error(&format!("open {}", path.display()), e))?;
     let handle = dev.handle();
     let caps = stream::query_caps(&handle).map_err(|e| io_open_error("VIDIOC_QUERYCAP", e))?;
-    if caps.device_caps & CAP_VIDEO_CAPTURE == 0 || caps.device_caps & CAP_STREAMING == 0 {
+    if caps.device_caps & V4L2_CAP_VIDEO_CAPTURE == 0 || caps.device_caps & V4L2_CAP_STREAMING == 0 {
         return Err(OpenError::Fatal(format!(
             "{} ({}, driver {}) is not a streaming video capture device (caps {:#x}); \
              multi-planar-only devices are not supported",
@@ -634,7 +635,7 @@ impl Source for V4l2Source {
                 }
                 Err(e) => {
                     self.spare = Some(buf);
-                    let unplugged = e.raw_os_error() == Some(ENODEV);
+                    let unplugged = Errno::from_io_error(&e) == Some(Errno::NODEV);
                     let why = if unplugged {
                         format!("device gone ({e})")
                     } else {
@@ -746,7 +747,7 @@ mod tests {
             height: h,
             bytesperline: bpl,
             sizeimage: 0,
-            colorspace: 8,
+            colorspace: v4l::v4l_sys::v4l2_colorspace_V4L2_COLORSPACE_SRGB,
             ycbcr_enc: 0,
             quantization: 0,
         };

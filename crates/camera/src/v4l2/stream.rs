@@ -15,16 +15,20 @@ use std::os::raw::c_void;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
 use v4l::device::Handle;
 use v4l::v4l2;
 use v4l::v4l2::vidioc;
+// bindgen prefixes the videodev2.h enum values with their enum's name.
+use v4l::v4l_sys::{
+    v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE as BUF_TYPE_VIDEO_CAPTURE, v4l2_field_V4L2_FIELD_NONE as FIELD_NONE,
+    v4l2_memory_V4L2_MEMORY_MMAP as MEMORY_MMAP,
+};
 use v4l::v4l_sys::{
     v4l2_buffer, v4l2_capability, v4l2_fmtdesc, v4l2_format, v4l2_requestbuffers, V4L2_BUF_FLAG_ERROR,
-    V4L2_BUF_FLAG_TIMESTAMP_MASK, V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC,
+    V4L2_BUF_FLAG_TIMESTAMP_MASK, V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC, V4L2_CAP_DEVICE_CAPS,
 };
-
-const BUF_TYPE_VIDEO_CAPTURE: u32 = 1;
-const MEMORY_MMAP: u32 = 1;
 
 /// What the driver said about one dequeued buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,10 +86,6 @@ pub struct Caps {
     pub device_caps: u32,
 }
 
-pub const CAP_VIDEO_CAPTURE: u32 = 0x0000_0001;
-pub const CAP_STREAMING: u32 = 0x0400_0000;
-const CAP_DEVICE_CAPS: u32 = 0x8000_0000;
-
 fn c_string(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
@@ -99,7 +99,7 @@ pub fn query_caps(handle: &Handle) -> io::Result<Caps> {
         driver: c_string(&c.driver),
         card: c_string(&c.card),
         bus: c_string(&c.bus_info),
-        device_caps: if c.capabilities & CAP_DEVICE_CAPS != 0 {
+        device_caps: if c.capabilities & V4L2_CAP_DEVICE_CAPS != 0 {
             c.device_caps
         } else {
             c.capabilities
@@ -117,14 +117,12 @@ pub fn enum_formats(handle: &Handle) -> io::Result<Vec<([u8; 4], String)>> {
         d.type_ = BUF_TYPE_VIDEO_CAPTURE;
         match ioctl(handle, vidioc::VIDIOC_ENUM_FMT, &mut d) {
             Ok(()) => out.push((d.pixelformat.to_le_bytes(), c_string(&d.description))),
-            Err(e) if e.raw_os_error() == Some(EINVAL) => break,
+            Err(e) if Errno::from_io_error(&e) == Some(Errno::INVAL) => break,
             Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
-
-pub const EINVAL: i32 = 22;
 
 /// The current (or just negotiated) single-planar capture format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,8 +178,6 @@ pub fn get_format(handle: &Handle) -> io::Result<PixFormat> {
     Ok(pix_format(&f))
 }
 
-const FIELD_NONE: u32 = 1;
-
 impl MmapStream {
     /// Ask for `count` buffers (the driver may grant a different number) and map them.
     pub fn new(handle: Arc<Handle>, count: u32) -> io::Result<Self> {
@@ -212,8 +208,8 @@ impl MmapStream {
                 v4l2::mmap(
                     std::ptr::null_mut(),
                     b.length as usize,
-                    libc_prot(),
-                    MAP_SHARED,
+                    (ProtFlags::READ | ProtFlags::WRITE).bits() as i32,
+                    MapFlags::SHARED.bits() as i32,
                     stream.handle.fd(),
                     offset as _,
                 )
@@ -288,14 +284,6 @@ impl MmapStream {
         ioctl(&self.handle, vidioc::VIDIOC_QBUF, &mut zeroed_buffer(b.index))?;
         Ok(Some(out))
     }
-}
-
-const MAP_SHARED: i32 = 0x01;
-
-fn libc_prot() -> i32 {
-    const PROT_READ: i32 = 0x1;
-    const PROT_WRITE: i32 = 0x2;
-    PROT_READ | PROT_WRITE
 }
 
 impl Drop for MmapStream {
