@@ -57,14 +57,15 @@ else
 fi
 
 if [ $test = 1 ]; then
-  # Under qemu-aarch64 (runner in .cargo/config.toml): the library's unit tests and the integration tests that
-  # run in-process on fixture models (tiny constant-output ONNX models through ONNX Runtime's aarch64 build),
-  # then ONE real-model inference (tests/photos.rs, person.jpg) within a budget made from this host's
-  # emulation speed, which varies 10-20x between hosts. Not here: tests that start the kestrel binary as a
-  # child process (cli, daemon, publish, service: an aarch64 child cannot be exec'd without binfmt_misc),
-  # tests/mavlink.rs and tests/pipeline.rs (latency and freshness bounds: properties of the code, checked on
-  # x86-64), tests/alloc.rs (80 s here for a property of the Rust code, checked on x86-64) and the other real-
-  # model photos (the same code path as the one run here; all of them run on x86-64).
+  # Under qemu-aarch64 (runner in .cargo/config.toml): the library's unit tests and, of the in-process test
+  # binary (tests/inprocess), the suites on fixture models and protocol vectors (exact_models::, golden::: tiny
+  # constant-output ONNX models through ONNX Runtime's aarch64 build), then ONE real-model inference
+  # (tests/inprocess/photos.rs, person.jpg) within a budget made from this host's emulation speed, which
+  # varies 10-20x between hosts. Not here: the tests that start the kestrel binary as a child process
+  # (tests/processes: an aarch64 child cannot be exec'd without binfmt_misc), tests/inprocess/mavlink.rs and
+  # tests/inprocess/pipeline.rs (latency and freshness bounds: properties of the code, checked on x86-64),
+  # tests/alloc.rs (80 s here for a property of the Rust code, checked on x86-64) and the other real-model
+  # photos (the same code path as the one run here; all of them run on x86-64).
   scripts/fetch-onnxruntime.sh --arch aarch64
   ORT_AARCH64=$ROOT/.cache/onnxruntime/1.31.1/aarch64/libonnxruntime.so.1.31.1
   NATIVE=$ROOT/target/release/kestrel
@@ -74,7 +75,8 @@ if [ $test = 1 ]; then
   done
   now() { date +%s.%N; }
   echo "== tests under qemu-aarch64: unit tests, fixture models, protocol vectors" >&2
-  "$CARGO" test --release --locked --target $TARGET --lib --test exact_models --test golden
+  "$CARGO" test --release --locked --target $TARGET --lib
+  "$CARGO" test --release --locked --target $TARGET --test inprocess -- exact_models:: golden::
 
   echo "== emulation speed of this host: a small convolutional network on 3 photos, native vs qemu-aarch64" >&2
   PHOTOS=(.cache/darknet/person.jpg .cache/darknet/dog.jpg .cache/darknet/horses.jpg)
@@ -108,16 +110,16 @@ PY
 )
   [ -n "${budget:-}" ] || { echo "FAIL: could not measure the emulation speed" >&2; exit 1; }
   echo "   $summary" >&2
-  echo "== one real-model inference under qemu-aarch64 (tests/photos.rs person.jpg, budget ${budget} s)" >&2
-  "$CARGO" test --release --locked --target $TARGET --test photos --no-run
+  echo "== one real-model inference under qemu-aarch64 (tests/inprocess/photos.rs person.jpg, budget ${budget} s)" >&2
+  "$CARGO" test --release --locked --target $TARGET --test inprocess --no-run
   t0=$(now); rc=0
-  timeout "$budget" "$CARGO" test --release --locked --target $TARGET --test photos -- \
-    --exact person_jpg_has_a_person_a_dog_and_a_horse || rc=$?
+  timeout "$budget" "$CARGO" test --release --locked --target $TARGET --test inprocess -- \
+    --exact photos::person_jpg_has_a_person_a_dog_and_a_horse || rc=$?
   took=$(awk -v a="$t0" -v b="$(now)" 'BEGIN{printf "%.1f", b - a}')
   if [ $rc = 124 ]; then
     echo "FAIL: the real-model inference under qemu-aarch64 ran out of its budget (${budget} s; $summary)" >&2
     exit 1
   fi
-  [ $rc = 0 ] || { echo "FAIL: tests/photos.rs under qemu-aarch64 (exit $rc)" >&2; exit $rc; }
+  [ $rc = 0 ] || { echo "FAIL: tests/inprocess/photos.rs under qemu-aarch64 (exit $rc)" >&2; exit $rc; }
   echo "   real-model inference under qemu-aarch64: ${took} s of its ${budget} s budget" >&2
 fi

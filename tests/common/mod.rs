@@ -2,7 +2,15 @@
 //! photos, fixtures) fail with a message naming the set-up command; they never skip silently.
 #![allow(dead_code)]
 
+mod lock;
+mod process;
+
 use std::path::{Path, PathBuf};
+
+pub use lock::{shared_lock, timing_lock};
+// Used by the binary whose tests start `kestrel`, not by the in-process one.
+#[allow(unused_imports)]
+pub use process::{kestrel, Daemon, Lines};
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,4 +44,10 @@ pub fn photo(name: &str) -> PathBuf {
         return installed;
     }
     require(root().join(".cache/darknet").join(name), "darknet sample photo")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the timestamps the daemon and the library publish.
+pub fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent MAVLink decoder for tests/mavlink.rs (not a pytest file).
+"""Independent MAVLink decoder for tests/inprocess/mavlink.rs (not a pytest file).
 
 Binds UDP 127.0.0.1:PORT, prints `READY <port>` once listening, then decodes every datagram with pymavlink's
 own parser (common dialect, MAVLink 1 and 2 frames) for SECONDS seconds and prints one JSON object per line:

@@ -1,5 +1,5 @@
 //! The streaming engine with stand-in inference stages: ordering, latest-frame-wins drop policy, freshness,
-//! prompt shutdown. (The real model runs through the same code in tests/daemon.rs.)
+//! prompt shutdown. (The real model runs through the same code in tests/processes/daemon.rs.)
 //!
 //! Timing bounds here are properties of the design (a frame interval, the stand-in's inference time, the
 //! poll interval) or come from what the same run measured (each frame's own preprocessing time, how fast
@@ -18,12 +18,7 @@ use kestrel::sink::{Published, Sink, SinkError};
 use kestrel::source::{self, Source};
 use kestrel::yolo::Candidate;
 
-/// These tests measure timing on a 2-core machine: run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::common;
 
 /// Sleeps `delay` per frame, records when each inference started, returns one box.
 struct SlowInference {
@@ -250,7 +245,7 @@ fn assert_fresh(r: &Run, skip: usize, interval_ms: f64, p95_slack_ms: f64, max_s
 
 #[test]
 fn unpaced_source_delivers_every_frame_in_order() {
-    let _serial = serial();
+    let _serial = common::timing_lock();
     for workers in [1, 3] {
         let r = run(
             synthetic(0.0, 300, SyntheticFormat::Rgb, 320, 240),
@@ -287,7 +282,7 @@ fn unpaced_source_delivers_every_frame_in_order() {
 
 #[test]
 fn slow_inference_drops_old_frames_and_infers_only_fresh_ones() {
-    let _serial = serial();
+    let _serial = common::timing_lock();
     // Camera at 100 fps (10 ms), inference takes 40 ms: saturated, ~3 of 4 frames must go.
     let (interval_ms, infer_ms) = (10.0, 40.0);
     let source_fps = generation_fps(SyntheticFormat::Jpeg, 320, 240).min(100.0);
@@ -341,7 +336,7 @@ fn slow_inference_drops_old_frames_and_infers_only_fresh_ones() {
 /// inference on any host). Every frame is still inferred, in order.
 #[test]
 fn an_unpaced_frame_is_captured_when_taken_and_never_waits_for_an_inference() {
-    let _serial = serial();
+    let _serial = common::timing_lock();
     let infer_ms = 40.0;
     for workers in [1, 2] {
         let r = run(
@@ -376,7 +371,7 @@ fn an_unpaced_frame_is_captured_when_taken_and_never_waits_for_an_inference() {
 /// 50 ms before inference could take it and waited those 50 ms.
 #[test]
 fn a_slow_consumer_downstream_does_not_make_frames_wait_for_inference() {
-    let _serial = serial();
+    let _serial = common::timing_lock();
     let (interval_ms, infer_ms, sink_ms) = (10.0, 10.0, 60.0);
     for workers in [1, 2] {
         let r = run_with_sink(
@@ -428,7 +423,7 @@ fn a_slow_consumer_downstream_does_not_make_frames_wait_for_inference() {
 
 #[test]
 fn stop_is_seen_promptly_by_every_thread() {
-    let _serial = serial();
+    let _serial = common::timing_lock();
     for format in [SyntheticFormat::Jpeg, SyntheticFormat::Yuyv, SyntheticFormat::Nv12] {
         // What one stage step costs on this host: making a frame (measured here), preparing it (measured by
         // the run), the stand-in's 10 ms inference.
@@ -472,7 +467,7 @@ fn stop_is_seen_promptly_by_every_thread() {
 
 #[test]
 fn bad_frames_are_counted_and_skipped() {
-    let _serial = serial();
+    let _serial = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     // An MJPEG stream whose middle frame was cut short in transfer (EOI present, data missing).
     let good = std::fs::read(env!("CARGO_MANIFEST_DIR").to_string() + "/.cache/darknet/eagle.jpg")
@@ -506,7 +501,7 @@ fn bad_frames_are_counted_and_skipped() {
 fn with_inference_that_holds_no_cpu_the_pipeline_keeps_the_bare_rate() {
     use kestrel::model::Precision;
     use kestrel::preprocess::{FramePreprocessor, Pixels};
-    let _serial = serial();
+    let _serial = common::timing_lock();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/bench/1080p");
     let mut frames: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .expect("1080p benchmark frames (run scripts/setup.sh)")

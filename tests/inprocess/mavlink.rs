@@ -7,7 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kestrel::angles::{Intrinsics, IntrinsicsConfig};
@@ -16,18 +15,16 @@ use kestrel::sink::{FrameTimes, Published, Sink};
 use kestrel::yolo::Candidate;
 use serde_json::Value;
 
-/// The tests look at this process's threads: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::common::{self, monotonic_ns, root};
+
+// The tests are timed (publish calls, the drop, heartbeat gaps) and look at this process's threads (the one
+// named `mavlink`): each runs under `common::timing_lock()`, with no other test of the binary beside it.
 
 const HEARTBEAT_HZ: f64 = 2.0;
 const SYSID: u8 = 42;
 const COMPID: u8 = 191;
 const TARGET_NUM: u8 = 3;
 const PAD: u32 = 2;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn python() -> PathBuf {
     let py = root().join(".cache/venv/bin/python");
@@ -47,11 +44,6 @@ fn python() -> PathBuf {
         py.display()
     );
     py
-}
-
-fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The listener process and its output lines, read by a thread.
@@ -422,12 +414,12 @@ fn check(r: &Run, wire: u64) {
 
 #[test]
 fn pymavlink_decodes_landing_targets_and_heartbeats() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::timing_lock();
     check(&run(2), 2);
 }
 
 #[test]
 fn mavlink1_frames_carry_no_extensions() {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::timing_lock();
     check(&run(1), 1);
 }

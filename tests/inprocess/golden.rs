@@ -1,8 +1,10 @@
 //! Golden vectors of protocol v1 (docs/protocol.md): `tests/golden/stream.bin` (binary framing) and
 //! `tests/golden/stream.jsonl` (the same messages as JSON Lines) must be exactly what the encoder writes, and
 //! must decode to the same messages. The Python and C example clients are tested on the same files.
-//! Regenerate (after a deliberate protocol change) with `KESTREL_WRITE_GOLDEN=1 cargo test --test golden`.
+//! Regenerate (after a deliberate protocol change) with
+//! `KESTREL_WRITE_GOLDEN=1 cargo test --test inprocess golden::`.
 
+use crate::common;
 use kestrel::publish::protocol::{
     decode_binary, decode_json, next_binary_frame, write_detections_binary, write_detections_json, write_json_message,
     Format, Hello, Message, ModelHello,
@@ -107,6 +109,7 @@ fn golden(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn golden_vectors_match_the_encoder_and_decode_identically() {
+    let _g = common::shared_lock();
     let (bin, jsonl) = (encode(Format::Binary), encode(Format::Json));
     if std::env::var_os("KESTREL_WRITE_GOLDEN").is_some() {
         std::fs::write(golden("stream.bin"), &bin).unwrap();

@@ -3,36 +3,15 @@
 //! SIGTERM, exit 0; WATCHDOG_USEC and WATCHDOG_PID honoured), and SIGHUP reloads (thresholds and output
 //! change without reloading the model; an invalid file is rejected and the daemon keeps running).
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The tests here each start a daemon and look at timing; one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::common::{self, Daemon, Lines};
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
-
-/// Collect lines from `r` with their arrival time.
-fn collect<R: Read + Send + 'static>(r: R) -> Lines {
-    let lines: Lines = Arc::default();
-    let out = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            out.lock().unwrap().push((Instant::now(), line));
-        }
-    });
-    lines
-}
+// The tests here each start a daemon and look at timing; each runs under `common::timing_lock()`.
 
 /// Collect sd_notify datagrams (split into their `KEY=VALUE` lines) until the socket is dropped.
 fn notify_listener(path: &Path) -> Lines {
@@ -59,12 +38,6 @@ fn notify_listener(path: &Path) -> Lines {
     lines
 }
 
-struct Daemon {
-    child: Child,
-    stdout: Lines,
-    stderr: Lines,
-}
-
 /// Start `kestrel run` as systemd does: with `own_watchdog_pid`, `WATCHDOG_PID` is the daemon's own PID (a
 /// shell sets it to `$$` and execs the binary, which keeps the PID).
 fn spawn(config: &Path, env: &[(&str, String)], own_watchdog_pid: bool) -> Daemon {
@@ -88,69 +61,11 @@ fn spawn(config: &Path, env: &[(&str, String)], own_watchdog_pid: bool) -> Daemo
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stdout = collect(child.stdout.take().unwrap());
-    let stderr = collect(child.stderr.take().unwrap());
-    Daemon { child, stdout, stderr }
+    Daemon::spawn(&mut cmd)
 }
 
-impl Daemon {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    fn log(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Wait (≤ `timeout`) until `pred` holds for the log; panics with the log otherwise.
-    fn wait_log(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
-        let t0 = Instant::now();
-        while !pred(&self.log()) {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                panic!("daemon exited ({s}) while waiting for {what}:\n{}", self.log());
-            }
-            assert!(t0.elapsed() < timeout, "no {what} within {timeout:?}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM and wait (≤ 10 s) for the exit code.
-    fn terminate(&mut self) -> Option<i32> {
-        self.signal("TERM");
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                // Let the collector threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(100));
-                return s.code();
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "daemon did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long a daemon may take to exit on SIGTERM (`Daemon::terminate`): a hang guard.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
 
 fn write(path: &Path, text: &str) {
     // Replace atomically, as an editor or config management would.
@@ -213,7 +128,7 @@ fn spawn_notified(dir: &Path, name: &str, config: &Path, watchdog: Duration) -> 
 
 #[test]
 fn notify_sequence_ready_after_warm_up_watchdog_only_while_frames_flow_stopping_on_sigterm() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     // 60 frames at 20 fps (3 s), then the source hangs without ending.
     let cfg = synthetic_config(dir.path(), "stall_after_frames = 60\n");
@@ -235,7 +150,7 @@ fn notify_sequence_ready_after_warm_up_watchdog_only_while_frames_flow_stopping_
     let silent_until = last_frame + watchdog / 2 + Duration::from_millis(150) + 2 * watchdog;
     std::thread::sleep(silent_until.saturating_duration_since(Instant::now()));
     let stop_sent = Instant::now();
-    let code = d.terminate();
+    let code = d.terminate(STOP_LIMIT);
     std::thread::sleep(Duration::from_millis(200));
     let notes = notes.lock().unwrap().clone();
     let frames = d.stdout.lock().unwrap().clone();
@@ -323,14 +238,14 @@ fn notify_sequence_ready_after_warm_up_watchdog_only_while_frames_flow_stopping_
 
 #[test]
 fn watchdog_interval_follows_watchdog_usec_and_ignores_another_pids_watchdog() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let cfg = synthetic_config(dir.path(), "");
     let watchdog = Duration::from_secs(3);
     let (mut d, notes) = spawn_notified(dir.path(), "notify.sock", &cfg, watchdog);
     d.wait_log("readiness", Duration::from_secs(30), |l| l.contains("ready:"));
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(d.terminate(), Some(0));
+    assert_eq!(d.terminate(STOP_LIMIT), Some(0));
     let pings = times_of(&notes.lock().unwrap(), "WATCHDOG=1");
     assert!(pings.len() >= 4, "{} pings in 4 s", pings.len());
     let min_gap = pings.windows(2).map(|w| w[1] - w[0]).min().unwrap();
@@ -355,7 +270,7 @@ fn watchdog_interval_follows_watchdog_usec_and_ignores_another_pids_watchdog() {
     );
     d.wait_log("readiness", Duration::from_secs(30), |l| l.contains("ready:"));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(d.terminate(), Some(0));
+    assert_eq!(d.terminate(STOP_LIMIT), Some(0));
     let notes2 = notes2.lock().unwrap();
     assert!(times_of(&notes2, "READY=1").len() == 1);
     assert!(times_of(&notes2, "WATCHDOG=1").is_empty());
@@ -389,7 +304,7 @@ fn wait_frames(d: &mut Daemon, lines: &Lines, from: usize, n: usize) {
 
 #[test]
 fn sighup_reloads_thresholds_and_output_without_reloading_the_model_and_rejects_an_invalid_file() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let model = common::model("yolov3-tiny-416.onnx");
     let photo = common::photo("person.jpg");
@@ -405,7 +320,7 @@ fn sighup_reloads_thresholds_and_output_without_reloading_the_model_and_rejects_
     let mut d = spawn(&cfg, &[], false);
     let out = d.stdout.clone();
     wait_frames(&mut d, &out, 0, 2);
-    // person.jpg at conf 0.5: person 0.95, dog 0.945, dog 0.92, horse 0.92 (tests/photos.rs).
+    // person.jpg at conf 0.5: person 0.95, dog 0.945, dog 0.92, horse 0.92 (tests/inprocess/photos.rs).
     let before = detections_after(&out, 0);
     assert!(before.iter().all(|f| f.len() == 4), "{before:?}");
 
@@ -471,7 +386,7 @@ fn sighup_reloads_thresholds_and_output_without_reloading_the_model_and_rejects_
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(out.lock().unwrap().len(), stdout_frames, "stdout still gets frames");
 
-    assert_eq!(d.terminate(), Some(0));
+    assert_eq!(d.terminate(STOP_LIMIT), Some(0));
     let log = d.log();
     // The model was loaded (and warmed up) once: reloads never touch it.
     assert_eq!(log.matches("warm-up: 1 runs").count(), 1, "{log}");

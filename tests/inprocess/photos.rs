@@ -2,7 +2,7 @@
 //! thresholds: the classes a person sees, with boxes close to the reference boxes in
 //! shared/recipes/darknet-yolov3-tiny-facts.md (seen with an independent correct conversion).
 
-mod common;
+use crate::common;
 
 use kestrel::detect::{ImageDetector, ImageReport, Thresholds};
 use kestrel::model::{Detector, SessionOptions};
@@ -58,16 +58,19 @@ fn assert_person_jpg(model: &str) {
 /// One real-model inference: also the one that `scripts/build-aarch64.sh --test` runs under qemu-aarch64.
 #[test]
 fn person_jpg_has_a_person_a_dog_and_a_horse() {
+    let _g = common::shared_lock();
     assert_person_jpg("yolov3-tiny-416.onnx");
 }
 
 #[test]
 fn the_fp16_model_finds_the_same_in_person_jpg() {
+    let _g = common::shared_lock();
     assert_person_jpg("yolov3-tiny-416-fp16.onnx");
 }
 
 #[test]
 fn dog_jpg_has_a_dog_a_bicycle_and_a_car_or_truck() {
+    let _g = common::shared_lock();
     let r = run("yolov3-tiny-416.onnx", "dog.jpg");
     assert_eq!((r.width, r.height), (768, 576));
     assert_found(&r, "dog", [133.0, 188.0, 370.0, 513.0]);
@@ -79,6 +82,7 @@ fn dog_jpg_has_a_dog_a_bicycle_and_a_car_or_truck() {
 
 #[test]
 fn scores_are_sorted_and_times_reported() {
+    let _g = common::shared_lock();
     let r = run("yolov3-tiny-416.onnx", "horses.jpg");
     assert!(r.detections.windows(2).all(|w| w[0].score >= w[1].score));
     assert!(labels(&r).contains(&"horse"));

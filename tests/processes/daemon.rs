@@ -1,35 +1,18 @@
 //! `kestrel run` and `kestrel check-config` as a user runs them: real model, real files, real signals.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-/// These tests run the real model, most of them as fast as the CPU allows (`--fps 0`). Those that only look
-/// at results share the CPU among themselves; the one that times a stop against an inference time it measures
-/// runs alone, so that the inference in flight when the signal comes is like the ones it measured.
-static CPU: RwLock<()> = RwLock::new(());
+use crate::common::{self, kestrel};
 
-fn shared() -> RwLockReadGuard<'static, ()> {
-    CPU.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn alone() -> RwLockWriteGuard<'static, ()> {
-    CPU.write().unwrap_or_else(|e| e.into_inner())
-}
+// These tests run the real model, most of them as fast as the CPU allows (`--fps 0`). Those that only look
+// at results share the CPU among themselves (`common::shared_lock()`); the one that times a stop against an
+// inference time it measures runs alone (`common::timing_lock()`), so that the inference in flight when the
+// signal comes is like the ones it measured.
 
 /// `[pipeline] poll_ms` in examples/kestrel.toml: the timeout of every blocking call in the pipeline.
 const POLL: Duration = Duration::from_millis(20);
-
-fn kestrel() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kestrel"));
-    c.current_dir(common::root())
-        .env_remove("ORT_DYLIB_PATH")
-        .env("RUST_LOG", "warn");
-    c
-}
 
 fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(out)
@@ -60,7 +43,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitSta
 
 #[test]
 fn images_source_streams_correct_detections_in_order() {
-    let _cpu = shared();
+    let _cpu = common::shared_lock();
     common::photo("person.jpg");
     let out = kestrel()
         .args([
@@ -109,7 +92,7 @@ fn images_source_streams_correct_detections_in_order() {
 
 #[test]
 fn mjpeg_source_streams_the_demo_clip() {
-    let _cpu = shared();
+    let _cpu = common::shared_lock();
     let out = kestrel()
         .args([
             "run",
@@ -146,7 +129,7 @@ fn mjpeg_source_streams_the_demo_clip() {
 
 #[test]
 fn sigterm_and_sigint_exit_zero_promptly() {
-    let _cpu = alone();
+    let _cpu = common::timing_lock();
     for sig in ["-TERM", "-INT"] {
         let mut child = kestrel()
             .args([
@@ -212,7 +195,7 @@ fn sigterm_and_sigint_exit_zero_promptly() {
 
 #[test]
 fn a_failing_stage_ends_the_process_non_zero() {
-    let _cpu = shared();
+    let _cpu = common::shared_lock();
     // The sink's stdout goes away mid-run: the write fails, the stage fails, the process exits 1.
     let mut child = kestrel()
         .args([
@@ -244,7 +227,7 @@ fn a_failing_stage_ends_the_process_non_zero() {
 
 #[test]
 fn check_config_names_file_field_and_reason() {
-    let _cpu = shared();
+    let _cpu = common::shared_lock();
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[model]\nconf = 2.0\n").unwrap();

@@ -2,25 +2,21 @@
 //! clients (SIGKILL, garbage, churn) with fd counting, the heartbeat with a source that produces nothing, and
 //! the socket file's life cycle.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kestrel::client::{Format, Message, Status, Subscriber};
 
-/// The tests here each start daemons; run them one at a time so their timing is not disturbed.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use crate::common::{self, monotonic_ns, Daemon};
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+// The tests here each start daemons; each runs under `common::timing_lock()` so that their timing is not
+// disturbed.
 
 fn write_config(dir: &Path, body: &str) -> PathBuf {
     let model = common::root().join("tests/fixtures/generated/v5_const.onnx");
@@ -33,56 +29,18 @@ fn write_config(dir: &Path, body: &str) -> PathBuf {
     p
 }
 
-/// A daemon with its stderr drained by a thread (a full pipe would block its logging) into `log`, which the
+/// A daemon with its stderr drained by a thread (a full pipe would block its logging) into its log, which the
 /// test can read while the daemon runs.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<String>>,
-    drain: std::thread::JoinHandle<()>,
-}
-
-impl Daemon {
-    fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The log so far.
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(s) = self.child.try_wait().unwrap() {
-            panic!("daemon exited ({s}):\n{}", self.log());
-        }
-    }
-}
-
 fn daemon(config: &Path, extra: &[&str]) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .current_dir(common::root())
-        .env_remove("ORT_DYLIB_PATH")
-        .env("RUST_LOG", "warn,kestrel=info")
-        .args(["run", "--config"])
-        .arg(config)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let drain = {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        })
-    };
-    Daemon { child, log, drain }
+    Daemon::spawn(
+        common::kestrel()
+            .env("RUST_LOG", "warn,kestrel=info")
+            .args(["run", "--config"])
+            .arg(config)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    )
 }
 
 fn wait_for_socket(p: &Path, d: &mut Daemon) {
@@ -100,25 +58,10 @@ fn wait_for_socket(p: &Path, d: &mut Daemon) {
 }
 
 /// SIGTERM, wait; returns (exit code, stderr).
-fn stop(d: Daemon) -> (Option<i32>, String) {
-    let Daemon { mut child, log, drain } = d;
-    let sent = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        // A hang guard (the stop itself takes one poll period plus the frame in flight).
-        assert!(t0.elapsed() < Duration::from_secs(30), "daemon did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    drain.join().unwrap();
-    let log = log.lock().unwrap().clone();
-    (status.code(), log)
+fn stop(mut d: Daemon) -> (Option<i32>, String) {
+    // A hang guard (the stop itself takes one poll period plus the frame in flight).
+    let code = d.terminate(Duration::from_secs(30));
+    (code, d.log())
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -160,11 +103,6 @@ const SOURCE_FPS: f64 = 100.0;
 const FAST_SOURCE: &str =
     "[source]\nkind = \"synthetic\"\nformat = \"rgb\"\nwidth = 320\nheight = 240\nfps_hz = 100.0\n\
                            [output]\nkind = \"none\"\n";
-
-fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// The `status` messages among `msgs`, with their positions.
 fn statuses(msgs: &[Message]) -> Vec<(usize, &Status)> {
@@ -216,7 +154,7 @@ impl Span {
 
 #[test]
 fn sixteen_subscribers_one_stalled_others_get_everything_and_fps_is_unchanged() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("d.sock");
     let cfg = write_config(
@@ -385,7 +323,7 @@ fn sixteen_subscribers_one_stalled_others_get_everything_and_fps_is_unchanged() 
 
 #[test]
 fn killed_garbage_and_churning_clients_leave_the_server_healthy_without_fd_leaks() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("d.sock");
     let cfg = write_config(
@@ -502,7 +440,7 @@ fn killed_garbage_and_churning_clients_leave_the_server_healthy_without_fd_leaks
 
 #[test]
 fn heartbeat_keeps_coming_when_the_source_produces_nothing_and_says_why() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("d.sock");
     let cfg = write_config(
@@ -540,7 +478,7 @@ fn heartbeat_keeps_coming_when_the_source_produces_nothing_and_says_why() {
 
 #[test]
 fn socket_file_mode_stale_replacement_refusals_and_cleanup() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("d.sock");
     let cfg = write_config(
@@ -588,7 +526,7 @@ fn socket_file_mode_stale_replacement_refusals_and_cleanup() {
 
 #[test]
 fn subscribers_beyond_the_cap_are_refused_politely() {
-    let _g = lock();
+    let _g = common::timing_lock();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("d.sock");
     let cfg = write_config(

@@ -2,13 +2,13 @@
 //! `kestrel golden` (FP32 model, CPU provider); the FP16 model and the IoBinding path pass against them; a
 //! corrupted golden file, a tampered reference and a replaced golden image all fail loudly.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kestrel::model::{Detector, SessionOptions};
 use kestrel::selftest::{self, GoldenFile, Tolerance};
+
+use crate::common;
 
 const PHOTOS: [&str; 3] = ["person.jpg", "dog.jpg", "horses.jpg"];
 
@@ -44,6 +44,7 @@ fn detector(model: &str, io_binding: bool) -> Detector {
 
 #[test]
 fn fp16_and_io_binding_pass_against_fp32_golden_and_corruption_fails_loudly() {
+    let _g = common::shared_lock();
     let t = tempfile::tempdir().unwrap();
     let path = golden_dir(t.path());
     let golden = GoldenFile::load(&path).unwrap();
@@ -139,6 +140,7 @@ fn run_daemon(cfg: &Path) -> (Option<i32>, String) {
 
 #[test]
 fn daemon_runs_the_self_test_at_start_and_refuses_a_corrupt_golden_file() {
+    let _g = common::shared_lock();
     let t = tempfile::tempdir().unwrap();
     let path = golden_dir(t.path());
     let cfg = daemon_config(
@@ -174,6 +176,7 @@ fn daemon_runs_the_self_test_at_start_and_refuses_a_corrupt_golden_file() {
 
 #[test]
 fn golden_command_refuses_fp16_models_and_images_outside_its_directory() {
+    let _g = common::shared_lock();
     let t = tempfile::tempdir().unwrap();
     let run = |model: &str, image: &Path| {
         Command::new(env!("CARGO_BIN_EXE_kestrel"))

@@ -3,8 +3,6 @@
 //! hello and status; the IoBinding path gives the plain path's detections exactly; `build-engine` says why it
 //! cannot build here.
 
-mod common;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,6 +12,8 @@ use kestrel::client::{Format, Message, Subscriber};
 use kestrel::detect::{ImageDetector, Thresholds};
 use kestrel::ep::{EpError, EpKind, EpOptions};
 use kestrel::model::{Detector, ModelError, SessionOptions};
+
+use crate::common;
 
 fn opts(providers: &[EpKind], require: Option<EpKind>, io_binding: bool) -> SessionOptions {
     SessionOptions {
@@ -30,6 +30,7 @@ fn opts(providers: &[EpKind], require: Option<EpKind>, io_binding: bool) -> Sess
 
 #[test]
 fn required_cuda_is_refused_with_the_reason() {
+    let _g = common::shared_lock();
     for (required, list) in [
         (EpKind::Cuda, vec![EpKind::Cuda, EpKind::Cpu]),
         (EpKind::Tensorrt, vec![EpKind::Tensorrt, EpKind::Cuda, EpKind::Cpu]),
@@ -61,6 +62,7 @@ fn required_cuda_is_refused_with_the_reason() {
 
 #[test]
 fn optional_gpu_providers_fall_back_to_the_cpu_with_reasons() {
+    let _g = common::shared_lock();
     let det = Detector::load(
         common::runtime(),
         &common::model("yolov3-tiny-416.onnx"),
@@ -86,6 +88,7 @@ fn optional_gpu_providers_fall_back_to_the_cpu_with_reasons() {
 /// CPU memory) gives bit-identical detections to the plain `session.run` path.
 #[test]
 fn io_binding_gives_identical_detections() {
+    let _g = common::shared_lock();
     for model in ["yolov3-tiny-416.onnx", "yolov3-tiny-416-fp16.onnx"] {
         let load = |io_binding| {
             let det = Detector::load(
@@ -132,11 +135,10 @@ fn write_config(dir: &Path, runtime: &str) -> PathBuf {
     p
 }
 
-fn kestrel(config: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kestrel"));
-    c.current_dir(common::root())
-        .env_remove("ORT_DYLIB_PATH")
-        .env("RUST_LOG", "warn,kestrel=info")
+/// `kestrel run --config <config>`, logging kestrel's INFO lines.
+fn kestrel_run(config: &Path) -> Command {
+    let mut c = common::kestrel();
+    c.env("RUST_LOG", "warn,kestrel=info")
         .args(["run", "--config"])
         .arg(config)
         .stdout(Stdio::null())
@@ -146,12 +148,13 @@ fn kestrel(config: &Path) -> Command {
 
 #[test]
 fn daemon_refuses_a_required_gpu_and_reports_a_fallback_in_hello_and_status() {
+    let _g = common::shared_lock();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
         "execution_providers = [\"cuda\", \"cpu\"]\nrequire_ep = \"cuda\"",
     );
-    let out = kestrel(&cfg).output().unwrap();
+    let out = kestrel_run(&cfg).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{log}");
     assert!(
@@ -160,7 +163,7 @@ fn daemon_refuses_a_required_gpu_and_reports_a_fallback_in_hello_and_status() {
     );
 
     let cfg = write_config(dir.path(), "execution_providers = [\"cuda\", \"cpu\"]");
-    let mut child = kestrel(&cfg).spawn().unwrap();
+    let mut child = kestrel_run(&cfg).spawn().unwrap();
     let mut err = child.stderr.take().unwrap();
     let log = std::thread::spawn(move || {
         let mut s = String::new();
@@ -213,6 +216,7 @@ fn daemon_refuses_a_required_gpu_and_reports_a_fallback_in_hello_and_status() {
 
 #[test]
 fn build_engine_explains_why_it_cannot_build_here() {
+    let _g = common::shared_lock();
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel"))

@@ -1,18 +1,10 @@
 //! The `kestrel` binary on bad input: every failure is a clear message and a non-zero exit, never a panic;
 //! good images in the same run are still processed.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn kestrel() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kestrel"));
-    c.current_dir(common::root())
-        .env_remove("ORT_DYLIB_PATH")
-        .env("RUST_LOG", "warn");
-    c
-}
+use crate::common::{self, kestrel};
 
 fn text(o: &Output) -> (String, String) {
     (
@@ -33,6 +25,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 #[test]
 fn bad_images_are_reported_and_good_ones_still_processed() {
+    let _g = common::shared_lock();
     let dir = tempfile::tempdir().unwrap();
     let jpeg = std::fs::read(common::photo("person.jpg")).unwrap();
     let mut corrupt = jpeg.clone();
@@ -67,6 +60,7 @@ fn bad_images_are_reported_and_good_ones_still_processed() {
 
 #[test]
 fn missing_model_is_a_setup_error() {
+    let _g = common::shared_lock();
     let out = kestrel()
         .args(["detect", "--model", "/nonexistent/model.onnx"])
         .arg(common::photo("dog.jpg"))
@@ -84,6 +78,7 @@ fn missing_model_is_a_setup_error() {
 
 #[test]
 fn model_with_wrong_output_shape_is_refused_naming_the_shapes() {
+    let _g = common::shared_lock();
     let model = common::fixture("bad_output_rank.onnx");
     let out = kestrel()
         .arg("detect")
@@ -103,6 +98,7 @@ fn model_with_wrong_output_shape_is_refused_naming_the_shapes() {
 
 #[test]
 fn missing_runtime_path_is_a_clear_error() {
+    let _g = common::shared_lock();
     let photo = common::photo("dog.jpg");
     let out = kestrel()
         .args(["--ort-lib", "/nonexistent/libonnxruntime.so", "detect"])
@@ -138,6 +134,7 @@ fn missing_runtime_path_is_a_clear_error() {
 
 #[test]
 fn runtime_search_lists_every_place_tried() {
+    let _g = common::shared_lock();
     // A copy of the binary outside the project, run from an empty directory with an empty HOME: none of the
     // search locations has the library (unless the machine has a system-wide Python onnxruntime).
     for prefix in ["/usr/lib", "/usr/local/lib"] {
@@ -190,6 +187,7 @@ fn runtime_search_lists_every_place_tried() {
 
 #[test]
 fn thresholds_are_validated() {
+    let _g = common::shared_lock();
     let out = kestrel().args(["detect", "--conf", "1.5", "x.jpg"]).output().unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
@@ -201,6 +199,7 @@ fn thresholds_are_validated() {
 #[test]
 fn journald_format_when_stderr_is_the_journal_stream() {
     use std::os::unix::fs::MetadataExt;
+    let _g = common::shared_lock();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("journal.txt");
     let run = |journal: bool| {
@@ -237,6 +236,7 @@ fn journald_format_when_stderr_is_the_journal_stream() {
 /// Runtime's CPU provider must still detect the person.
 #[test]
 fn detection_works_with_write_xor_execute_enforced_like_memory_deny_write_execute() {
+    let _g = common::shared_lock();
     let wrapper = r#"
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -275,6 +275,7 @@ os.execv(sys.argv[1], sys.argv[1:])
 /// and the journald format apply to them too.
 #[test]
 fn onnx_runtime_messages_reach_the_logger() {
+    let _g = common::shared_lock();
     let out = kestrel()
         .args(["--log", "warn,ort=info", "detect"])
         .arg(common::photo("person.jpg"))

@@ -1,7 +1,7 @@
 //! Exact tests of YOLO decoding, NMS and letterbox mapping through ONNX Runtime, with tiny constant-output
 //! models whose outputs are known (tests/fixtures/make_fixtures.py), plus model validation at load.
 
-mod common;
+use crate::common;
 
 use kestrel::decode::RgbImage;
 use kestrel::detect::{ImageDetector, StageTimes, Thresholds};
@@ -63,6 +63,7 @@ const SQUARE: [(&str, f32, [f32; 4]); 5] = [
 
 #[test]
 fn yolov5_layout_exact() {
+    let _g = common::shared_lock();
     let d = load("v5_const.onnx").unwrap();
     assert_eq!(d.info.layout, OutputLayout::Yolov5 { rows: 9, classes: 2 });
     assert_eq!(d.info.labels, ["c0", "c1"]);
@@ -71,6 +72,7 @@ fn yolov5_layout_exact() {
 
 #[test]
 fn yolov8_layout_exact() {
+    let _g = common::shared_lock();
     let d = load("v8_const.onnx").unwrap();
     assert_eq!(d.info.layout, OutputLayout::Yolov8 { rows: 9, classes: 2 });
     assert_close(&detect("v8_const.onnx", 64, 64, Thresholds::default()), &SQUARE, 1e-6);
@@ -78,6 +80,7 @@ fn yolov8_layout_exact() {
 
 #[test]
 fn fp16_model_gets_fp16_input_and_decodes() {
+    let _g = common::shared_lock();
     let d = load("v5_const_fp16.onnx").unwrap();
     assert_eq!(
         (d.info.input_precision, d.info.output_precision),
@@ -92,6 +95,7 @@ fn fp16_model_gets_fp16_input_and_decodes() {
 
 #[test]
 fn letterbox_with_padding_maps_boxes_back() {
+    let _g = common::shared_lock();
     // 128x64 image: scale 0.5, 64x32 inside the 64x64 input, 16 rows of padding on top.
     let got = detect("v5_const.onnx", 128, 64, Thresholds::default());
     let want = [
@@ -106,6 +110,7 @@ fn letterbox_with_padding_maps_boxes_back() {
 
 #[test]
 fn odd_padding_puts_the_extra_row_at_the_bottom() {
+    let _g = common::shared_lock();
     // 64x33 image: no scaling, 31 rows of padding: 15 on top, 16 at the bottom.
     let got = detect("v5_const.onnx", 64, 33, Thresholds::default());
     assert_eq!(got[0].bbox, [12.0, 13.0, 20.0, 21.0]);
@@ -114,6 +119,7 @@ fn odd_padding_puts_the_extra_row_at_the_bottom() {
 
 #[test]
 fn thresholds_and_caps() {
+    let _g = common::shared_lock();
     assert!(
         detect("v5_low.onnx", 64, 64, Thresholds::default()).is_empty(),
         "all below threshold"
@@ -154,6 +160,7 @@ fn thresholds_and_caps() {
 
 #[test]
 fn dynamic_input_probes_the_output_shape() {
+    let _g = common::shared_lock();
     let d = load("v5_dynamic.onnx").unwrap();
     assert_eq!((d.info.input_width, d.info.input_height), (640, 640));
     assert_eq!(d.info.layout, OutputLayout::Yolov5 { rows: 9, classes: 2 });
@@ -161,6 +168,7 @@ fn dynamic_input_probes_the_output_shape() {
 
 #[test]
 fn invalid_models_are_refused_with_the_shapes_named() {
+    let _g = common::shared_lock();
     let msg = |name: &str| match load(name) {
         Ok(_) => panic!("{name} was accepted"),
         Err(e) => e.to_string(),

@@ -1,0 +1,15 @@
+//! The integration tests that run the library in this process: fixture and real models through ONNX
+//! Runtime, the protocol's golden vectors, the streaming engine with stand-in inference, the MAVLink sink
+//! against pymavlink. One module per suite (tests named `exact_models::…`, `pipeline::…`); the tests that
+//! measure time take `common::timing_lock()`, the others `common::shared_lock()`.
+//!
+//! tests/alloc.rs is a binary of its own: its counting global allocator sees every thread of its process.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod exact_models;
+mod golden;
+mod mavlink;
+mod photos;
+mod pipeline;
