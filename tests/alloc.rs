@@ -3,21 +3,26 @@
 //! JSON sink. ONNX Runtime itself is replaced by a stand-in here: its C++ allocations are its own arena's
 //! business, and the `ort` wrapper's per-run bookkeeping is measured separately (see the closing note).
 
+// Tests may unwrap and expect: a failure should stop the test loudly (the workspace denies both elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kestrel::config::{SourceConfig, SourceKind, SyntheticFormat};
-use kestrel::model::{InferTimes, InputTensor, ModelError};
-use kestrel::pipeline::{Inference, Options, Pipeline};
-use kestrel::sink::JsonLinesSink;
-use kestrel::source;
-use kestrel::yolo::Candidate;
+use kestrel_camera as source;
+use kestrel_daemon::config::{SourceConfig, SourceKind, SyntheticFormat};
+use kestrel_daemon::pipeline::{Inference, Options, Pipeline};
+use kestrel_daemon::sink::JsonLinesSink;
+use kestrel_infer::model::{InferTimes, InputTensor, ModelError};
+use kestrel_vision::yolo::Candidate;
 
 struct Counting;
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+// SAFETY: every method forwards to the system allocator with the caller's own arguments, so the
+// allocator contract holds exactly as it does for `System`; the counter has no effect on memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
@@ -56,7 +61,7 @@ impl Inference for StandIn {
             out.push(Candidate {
                 class_id: i % 3,
                 score: 0.3 + i as f32 / 10.0,
-                bbox: [x, 10.0, x + 30.0, 60.0],
+                bbox: kestrel_core::geometry::ModelBox::new([x, 10.0, x + 30.0, 60.0]),
             });
         }
         Ok(InferTimes::default())

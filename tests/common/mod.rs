@@ -25,8 +25,8 @@ fn require(p: PathBuf, what: &str) -> PathBuf {
     p
 }
 
-pub fn runtime() -> &'static kestrel::runtime::Runtime {
-    kestrel::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)")
+pub fn runtime() -> &'static kestrel_infer::runtime::Runtime {
+    kestrel_infer::runtime::init(None).expect("ONNX Runtime (run scripts/setup.sh)")
 }
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -50,4 +50,12 @@ pub fn photo(name: &str) -> PathBuf {
 pub fn monotonic_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A named helper thread (the workspace's lints allow no anonymous threads, in tests either).
+pub fn spawn<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawn a test thread")
 }

@@ -26,7 +26,7 @@ fn collect<R: Read + Send + 'static>(r: Option<R>, readers: &mut Vec<JoinHandle<
     let lines: Lines = Arc::default();
     if let Some(r) = r {
         let out = lines.clone();
-        readers.push(std::thread::spawn(move || {
+        readers.push(super::spawn("output-reader", move || {
             for line in BufReader::new(r).lines() {
                 let Ok(line) = line else { break };
                 out.lock().unwrap().push((Instant::now(), line));

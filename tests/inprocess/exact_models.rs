@@ -3,11 +3,11 @@
 
 use crate::common;
 
-use kestrel::decode::RgbImage;
-use kestrel::detect::{ImageDetector, StageTimes, Thresholds};
-use kestrel::model::{Detector, ModelError, Precision, SessionOptions};
-use kestrel::yolo::OutputLayout;
-use kestrel::Detection;
+use kestrel_infer::detect::LabelledDetection as Detection;
+use kestrel_infer::detect::{ImageDetector, StageTimes, Thresholds};
+use kestrel_infer::model::{Detector, ModelError, Precision, SessionOptions};
+use kestrel_vision::decode::RgbImage;
+use kestrel_vision::yolo::OutputLayout;
 
 fn load(name: &str) -> Result<Detector, ModelError> {
     Detector::load(
@@ -29,7 +29,7 @@ fn detect(name: &str, width: u32, height: u32, thresholds: Thresholds) -> Vec<De
 }
 
 fn summary(d: &[Detection]) -> Vec<(String, f32, [f32; 4])> {
-    d.iter().map(|d| (d.label.clone(), d.score, d.bbox)).collect()
+    d.iter().map(|d| (d.label.clone(), d.score, d.bbox.xyxy())).collect()
 }
 
 fn assert_close(got: &[Detection], want: &[(&str, f32, [f32; 4])], tol: f32) {
@@ -113,8 +113,8 @@ fn odd_padding_puts_the_extra_row_at_the_bottom() {
     let _g = common::shared_lock();
     // 64x33 image: no scaling, 31 rows of padding: 15 on top, 16 at the bottom.
     let got = detect("v5_const.onnx", 64, 33, Thresholds::default());
-    assert_eq!(got[0].bbox, [12.0, 13.0, 20.0, 21.0]);
-    assert_eq!(got[3].bbox, [43.0, 2.0, 53.0, 8.0]);
+    assert_eq!(got[0].bbox.xyxy(), [12.0, 13.0, 20.0, 21.0]);
+    assert_eq!(got[3].bbox.xyxy(), [43.0, 2.0, 53.0, 8.0]);
 }
 
 #[test]

@@ -5,12 +5,12 @@
 //! `KESTREL_WRITE_GOLDEN=1 cargo test --test inprocess golden::`.
 
 use crate::common;
-use kestrel::publish::protocol::{
+use kestrel_core::detection::Detection;
+use kestrel_core::published::{FrameTimes, Published};
+use kestrel_protocol::{
     decode_binary, decode_json, next_binary_frame, write_detections_binary, write_detections_json, write_json_message,
     Format, Hello, Message, ModelHello,
 };
-use kestrel::sink::{FrameTimes, Published};
-use kestrel::yolo::Candidate;
 
 fn labels() -> Vec<String> {
     vec!["person".into(), "car".into(), "dog".into()]
@@ -43,15 +43,15 @@ fn encode(format: Format) -> Vec<u8> {
     let mut out = Vec::new();
     write_json_message("hello", &hello(format), format, &mut out);
     let dets = [
-        Candidate {
+        Detection {
             class_id: 0,
             score: 0.875,
-            bbox: [412.5, 200.0, 530.25, 610.0],
+            bbox: kestrel_core::geometry::ImageBox::new([412.5, 200.0, 530.25, 610.0]),
         },
-        Candidate {
+        Detection {
             class_id: 2,
             score: 0.5,
-            bbox: [0.0, 360.0, 64.0, 720.0],
+            bbox: kestrel_core::geometry::ImageBox::new([0.0, 360.0, 64.0, 720.0]),
         },
     ];
     let angles = [[0.125f32, -0.25], [-0.5, 0.0625]];

@@ -5,6 +5,9 @@
 //!
 //! tests/alloc.rs is a binary of its own: its counting global allocator sees every thread of its process.
 
+// Tests may unwrap and expect: a failure should stop the test loudly (the workspace denies both elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 

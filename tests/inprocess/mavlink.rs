@@ -9,10 +9,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kestrel::angles::{Intrinsics, IntrinsicsConfig};
-use kestrel::mavlink::{MavlinkConfig, MavlinkSink};
-use kestrel::sink::{FrameTimes, Published, Sink};
-use kestrel::yolo::Candidate;
+use kestrel_core::detection::Detection;
+use kestrel_core::geometry::ImageBox;
+use kestrel_core::published::{FrameTimes, Published};
+use kestrel_daemon::mavlink::{MavlinkConfig, MavlinkSink};
+use kestrel_daemon::sink::Sink;
+use kestrel_vision::angles::{Intrinsics, IntrinsicsConfig};
 use serde_json::Value;
 
 use crate::common::{self, monotonic_ns, root};
@@ -69,8 +71,8 @@ impl Listener {
                 .spawn()
                 .expect("start mavlink_listen.py");
             let out = child.stdout.take().unwrap();
-            let (tx, lines) = crossbeam_channel::unbounded();
-            std::thread::spawn(move || {
+            let (tx, lines) = crossbeam_channel::bounded(4096);
+            common::spawn("listener-lines", move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
                     if tx.send(line).is_err() {
                         break;
@@ -149,12 +151,16 @@ fn config(port: u16, version: u8) -> MavlinkConfig {
     }
 }
 
-fn det(class_id: u32, score: f32, bbox: [f32; 4]) -> Candidate {
-    Candidate { class_id, score, bbox }
+fn det(class_id: u32, score: f32, bbox: [f32; 4]) -> Detection {
+    Detection {
+        class_id,
+        score,
+        bbox: ImageBox::new(bbox),
+    }
 }
 
 /// Frame `i`'s detections (best first): some frames have no pad, some several, some other classes first.
-fn detections(i: usize) -> Vec<Candidate> {
+fn detections(i: usize) -> Vec<Detection> {
     let x = 40.0 + 50.0 * i as f32;
     let y = 900.0 - 40.0 * i as f32;
     match i % 4 {
@@ -180,7 +186,7 @@ struct Expected {
     size: [f32; 2],
 }
 
-fn expected(dets: &[Candidate], capture_ns: u64, w: u32, h: u32) -> Option<Expected> {
+fn expected(dets: &[Detection], capture_ns: u64, w: u32, h: u32) -> Option<Expected> {
     let cam = intrinsics();
     let b = dets.iter().find(|d| d.class_id == PAD)?.bbox;
     let (cu, cv) = (
@@ -216,7 +222,7 @@ fn thread_names() -> Vec<String> {
 struct Run {
     msgs: Vec<Value>,
     expected: Vec<Expected>,
-    counters: kestrel::mavlink::MavlinkCounters,
+    counters: kestrel_daemon::mavlink::MavlinkCounters,
     alive: (u64, u64),
 }
 

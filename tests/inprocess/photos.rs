@@ -4,9 +4,9 @@
 
 use crate::common;
 
-use kestrel::detect::{ImageDetector, ImageReport, Thresholds};
-use kestrel::model::{Detector, SessionOptions};
-use kestrel::nms::iou;
+use kestrel_infer::detect::{ImageDetector, ImageReport, Thresholds};
+use kestrel_infer::model::{Detector, SessionOptions};
+use kestrel_vision::nms::iou;
 
 fn run(model: &str, photo: &str) -> ImageReport {
     let det = Detector::load(
@@ -30,7 +30,7 @@ fn assert_found(r: &ImageReport, label: &str, reference: [f32; 4]) {
         .detections
         .iter()
         .filter(|d| d.label == label)
-        .map(|d| (iou(&d.bbox, &reference), d))
+        .map(|d| (iou(&d.bbox, &kestrel_core::geometry::ImageBox::new(reference)), d))
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match best {
         Some((v, d)) => assert!(

@@ -9,14 +9,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kestrel::config::{SourceConfig, SourceKind, SyntheticFormat};
-use kestrel::frame::monotonic_ns;
-use kestrel::metrics::{DropReason, Stage};
-use kestrel::model::{InferTimes, InputTensor, ModelError};
-use kestrel::pipeline::{Inference, Options, Pipeline, SleepInference};
-use kestrel::sink::{Published, Sink, SinkError};
-use kestrel::source::{self, Source};
-use kestrel::yolo::Candidate;
+use kestrel_camera::{self, Source};
+use kestrel_core::clock::monotonic_ns;
+use kestrel_core::published::Published;
+use kestrel_daemon::config::{SourceConfig, SourceKind, SyntheticFormat};
+use kestrel_daemon::metrics::{DropReason, Stage};
+use kestrel_daemon::pipeline::{Inference, Options, Pipeline, SleepInference};
+use kestrel_daemon::sink::{Sink, SinkError};
+use kestrel_infer::model::{InferTimes, InputTensor, ModelError};
+use kestrel_vision::yolo::Candidate;
 
 use crate::common;
 
@@ -40,7 +41,7 @@ impl Inference for SlowInference {
         out.push(Candidate {
             class_id: 0,
             score: 0.9,
-            bbox: [8.0, 8.0, 24.0, 24.0],
+            bbox: kestrel_core::geometry::ModelBox::new([8.0, 8.0, 24.0, 24.0]),
         });
         Ok(InferTimes {
             run: self.delay,
@@ -95,7 +96,7 @@ fn synthetic(fps_hz: f64, frames: u64, format: SyntheticFormat, w: u32, h: u32) 
         format,
         ..Default::default()
     };
-    source::open(&cfg, source::buffer_pool_size(3, 1)).unwrap()
+    kestrel_camera::open(&cfg, kestrel_camera::buffer_pool_size(3, 1)).unwrap()
 }
 
 /// How fast this host generates synthetic frames (frames per second, unpaced): what a paced source of this
@@ -113,7 +114,7 @@ fn generation_fps(format: SyntheticFormat, w: u32, h: u32) -> f64 {
 struct Run {
     published: Vec<Out>,
     infer_starts: Vec<u64>,
-    pipeline_metrics: Arc<kestrel::metrics::Metrics>,
+    pipeline_metrics: Arc<kestrel_daemon::metrics::Metrics>,
     elapsed: Duration,
     /// The source ran out and the pipeline drained and ended on its own (not stopped by the time limit).
     ended_by_itself: bool,
@@ -185,7 +186,7 @@ fn run_with_sink(
     );
     let metrics = p.metrics.clone();
     let s2 = stop.clone();
-    let timer = std::thread::spawn(move || {
+    let timer = common::spawn("timer", move || {
         let t0 = Instant::now();
         while t0.elapsed() < for_at_most && !s2.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(5));
@@ -487,7 +488,7 @@ fn bad_frames_are_counted_and_skipped() {
         loop_frames: false,
         ..Default::default()
     };
-    let src = source::open(&cfg, 5).unwrap();
+    let src = kestrel_camera::open(&cfg, 5).unwrap();
     let r = run(src, Duration::ZERO, 1, Duration::from_secs(20));
     assert_eq!(r.published.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1, 3]);
     assert_eq!(r.pipeline_metrics.drops(DropReason::BadFrame), 1);
@@ -499,8 +500,8 @@ fn bad_frames_are_counted_and_skipped() {
 /// preprocessing time (at least 30 ms), so that a core can keep up on any host.
 #[test]
 fn with_inference_that_holds_no_cpu_the_pipeline_keeps_the_bare_rate() {
-    use kestrel::model::Precision;
-    use kestrel::preprocess::{FramePreprocessor, Pixels};
+    use kestrel_infer::model::Precision;
+    use kestrel_vision::preprocess::{FramePreprocessor, Pixels};
     let _serial = common::timing_lock();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/bench/1080p");
     let mut frames: Vec<Vec<u8>> = std::fs::read_dir(&dir)
@@ -516,7 +517,7 @@ fn with_inference_that_holds_no_cpu_the_pipeline_keeps_the_bare_rate() {
     let mut prep_times: Vec<Duration> = (0..20)
         .map(|i| {
             let t0 = Instant::now();
-            prep.prepare(Pixels::jpeg(&frames[i % frames.len()]), &mut tensor, 416, 416)
+            prep.prepare(Pixels::jpeg(&frames[i % frames.len()]), tensor.data_mut(), 416, 416)
                 .unwrap();
             t0.elapsed()
         })
@@ -540,12 +541,13 @@ fn with_inference_that_holds_no_cpu_the_pipeline_keeps_the_bare_rate() {
     let bare_fps = 10.0 / t0.elapsed().as_secs_f64();
     for workers in [1, 2] {
         let src =
-            kestrel::source::images::ImagesSource::open(&dir, 0.0, true, source::buffer_pool_size(workers, 1)).unwrap();
+            kestrel_camera::images::ImagesSource::open(&dir, 0.0, true, kestrel_camera::buffer_pool_size(workers, 1))
+                .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let p = start(
             Box::new(src),
             Box::new(stand_in()),
-            Box::new(kestrel::sink::NullSink),
+            Box::new(kestrel_daemon::sink::NullSink),
             workers,
             &stop,
         );

@@ -221,7 +221,8 @@ fn journald_format_when_stderr_is_the_journal_stream() {
     };
     let j = run(true);
     assert!(
-        j.lines().any(|l| l.starts_with("<6>kestrel::runtime: ONNX Runtime")),
+        j.lines()
+            .any(|l| l.starts_with("<6>kestrel_infer::runtime: ONNX Runtime")),
         "{j}"
     );
     assert!(j.lines().any(|l| l.starts_with("<6>ort::")), "ORT's own log lines: {j}");

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kestrel::client::{Format, Message, Subscriber};
-use kestrel::detect::{ImageDetector, Thresholds};
-use kestrel::ep::{EpError, EpKind, EpOptions};
-use kestrel::model::{Detector, ModelError, SessionOptions};
+use kestrel_infer::detect::{ImageDetector, Thresholds};
+use kestrel_infer::ep::{EpError, EpKind, EpOptions};
+use kestrel_infer::model::{Detector, ModelError, SessionOptions};
+use kestrel_protocol::client::Subscriber;
+use kestrel_protocol::{Format, Message};
 
 use crate::common;
 
@@ -116,7 +117,7 @@ fn io_binding_gives_identical_detections() {
         assert!(total >= 8, "{model}: {total} detections");
         assert!(matches!(
             bound.last_input(),
-            kestrel::model::InputTensor::BoundF32(_) | kestrel::model::InputTensor::BoundF16(_)
+            kestrel_infer::model::InputTensor::BoundF32(_) | kestrel_infer::model::InputTensor::BoundF16(_)
         ));
     }
 }
@@ -165,7 +166,7 @@ fn daemon_refuses_a_required_gpu_and_reports_a_fallback_in_hello_and_status() {
     let cfg = write_config(dir.path(), "execution_providers = [\"cuda\", \"cpu\"]");
     let mut child = kestrel_run(&cfg).spawn().unwrap();
     let mut err = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
+    let log = common::spawn("log-reader", move || {
         let mut s = String::new();
         let _ = err.read_to_string(&mut s);
         s

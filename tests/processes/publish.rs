@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kestrel::client::{Format, Message, Status, Subscriber};
+use kestrel_protocol::client::Subscriber;
+use kestrel_protocol::{Format, Message, Status};
 
 use crate::common::{self, monotonic_ns, Daemon};
 
@@ -183,7 +184,7 @@ fn sixteen_subscribers_one_stalled_others_get_everything_and_fps_is_unchanged() 
         .map(|(i, seen)| {
             let (sock, seen) = (sock.clone(), seen.clone());
             let format = if i % 2 == 0 { Format::Json } else { Format::Binary };
-            std::thread::spawn(move || {
+            common::spawn("subscriber", move || {
                 let mut sub = Subscriber::connect(&sock, format).unwrap();
                 loop {
                     match sub.next(Duration::from_secs(5)) {
@@ -334,10 +335,10 @@ fn killed_garbage_and_churning_clients_leave_the_server_healthy_without_fd_leaks
     wait_for_socket(&sock, &mut d);
     // One healthy subscriber throughout: from before the abuse until two statuses after it is told to stop.
     let done = Arc::new(AtomicBool::new(false));
-    let (started_tx, started) = std::sync::mpsc::channel();
+    let (started_tx, started) = crossbeam_channel::bounded(1);
     let watcher = {
         let (sock, done) = (sock.clone(), done.clone());
-        std::thread::spawn(move || {
+        common::spawn("watcher", move || {
             let mut sub = Subscriber::connect(&sock, Format::Json).unwrap();
             let (mut msgs, mut last, mut after_done) = (Vec::new(), 0u64, 0);
             let t0 = Instant::now();
@@ -459,7 +460,7 @@ fn heartbeat_keeps_coming_when_the_source_produces_nothing_and_says_why() {
     while t0.elapsed() < Duration::from_millis(4500) {
         match sub.next(Duration::from_millis(1500)).unwrap() {
             Some(Message::Status(s)) => {
-                assert_eq!(s.health, kestrel::client::Health::CameraLost, "{s:?}");
+                assert_eq!(s.health, kestrel_protocol::Health::CameraLost, "{s:?}");
                 assert!(s.reason.contains("waiting for the camera"), "{}", s.reason);
                 assert_eq!(s.frames_published, 0);
                 at.push(Instant::now());

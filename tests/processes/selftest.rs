@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kestrel::model::{Detector, SessionOptions};
-use kestrel::selftest::{self, GoldenFile, Tolerance};
+use kestrel_infer::model::{Detector, SessionOptions};
+use kestrel_infer::selftest::{self, GoldenFile, Tolerance};
 
 use crate::common;
 
@@ -81,8 +81,8 @@ fn fp16_and_io_binding_pass_against_fp32_golden_and_corruption_fails_loudly() {
 
     // A consistent file (checksum recomputed) whose reference box moved: a mismatch, reported.
     let mut tampered = golden.clone();
-    tampered.images[0].detections[0].bbox[0] += 40.0;
-    tampered.images[0].detections[0].bbox[2] += 40.0;
+    tampered.images[0].detections[0].bbox.0[0] += 40.0;
+    tampered.images[0].detections[0].bbox.0[2] += 40.0;
     tampered.checksum = tampered.compute_checksum();
     let tampered_path = t.path().join("tampered.golden.json");
     tampered.save(&tampered_path).unwrap();

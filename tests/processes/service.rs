@@ -19,7 +19,7 @@ fn notify_listener(path: &Path) -> Lines {
     sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     let lines: Lines = Arc::default();
     let out = lines.clone();
-    std::thread::spawn(move || {
+    common::spawn("notify-reader", move || {
         let mut buf = vec![0u8; 4096];
         // Ends when the test process does; the test reads what arrived so far.
         loop {

@@ -290,7 +290,7 @@ def sec_steady(g):
     # keeps up (the measured work displaced <= KEEPS_UP of the frames); beyond that the guest's CPUs are starved
     # (slow emulation or a loaded host), vivid's thread competes with kestrel's for them, and its drops are
     # reported only (said so). The ones while the stream starts (before the first metrics line) are reported only.
-    periodic = [l for l in log.splitlines() if "kestrel::pipeline" in l and "frames in" in l]
+    periodic = [l for l in log.splitlines() if "kestrel_daemon::pipeline" in l and "frames in" in l]
     base = drops_in(periodic[0]) if periodic else 0
     late_base = drops_in(periodic[0], "capture late") if periodic else 0
     total = met["driver_drops"] if met else -1
@@ -419,8 +419,8 @@ def sec_faults(g):
     # sequence number, so the metrics lines around it should show no new driver drop.
     at = next((i for i, l in enumerate(lines) if "corrupt camera frame skipped" in l), None)
     if at is not None:
-        before = [l for l in lines[:at] if "kestrel::pipeline" in l and "frames in" in l]
-        after = [l for l in lines[at:] if "kestrel::pipeline" in l and "frames in" in l]
+        before = [l for l in lines[:at] if "kestrel_daemon::pipeline" in l and "frames in" in l]
+        after = [l for l in lines[at:] if "kestrel_daemon::pipeline" in l and "frames in" in l]
         if before and after:
             print(f"   driver drops across the corrupt buffer's metrics interval: {drops_in(before[-1])} -> "
                   f"{drops_in(after[0])}")
