@@ -39,6 +39,15 @@ part "cargo clippy --all-targets -D warnings" cargo clippy --release --locked --
 part "kestrel bench (small; reports numbers, never fails on speed)" \
   target/release/kestrel --log warn bench --reps 2 --n 10 --ep cpu --precision fp32,fp16 --json target/bench-ci.json
 bash -n scripts/gpu-check.sh   # the GPU check cannot run here (no GPU); at least it parses
+# The pure per-frame maths must not need ONNX Runtime: no `ort` in its dependency tree, and its tests pass
+# with no runtime library to be found.
+vision_alone() {
+  if cargo tree --locked -p kestrel-vision -e normal,build --prefix none | grep -qE '^ort(-sys)? '; then
+    echo "kestrel-vision depends on ort" >&2; return 1
+  fi
+  env -u ORT_DYLIB_PATH cargo test --release --locked -p kestrel-vision
+}
+part "kestrel-vision without ONNX Runtime" vision_alone
 part "cargo test (unit + integration)" cargo test --release --locked
 part "V4L2 camera tests in a VM (QEMU software emulation, vivid)" \
   env HOST_CHECK="python3 $ROOT/tests/vm/check.py" tests/vm/run.sh

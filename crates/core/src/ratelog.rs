@@ -38,3 +38,19 @@ impl RateLimitedLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_one_line_per_5_s_and_counts_the_rest() {
+        let mut log = RateLimitedLog::new("x");
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        assert_eq!(log.admit(t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.admit(t0 + Duration::from_millis(4999)), None);
+        assert_eq!(log.admit(t0 + Duration::from_secs(5)), Some(2));
+        assert_eq!(log.admit(t0 + Duration::from_secs(6)), None);
+    }
+}

@@ -15,7 +15,7 @@ pub enum SourceState {
     CameraLost,
 }
 
-/// Counters and state a camera source shares with metrics and (later) the publisher. Lock-free.
+/// Counters and state a camera source shares with metrics, the service and the publisher. Lock-free.
 #[derive(Debug)]
 pub struct SourceStatus {
     state: AtomicU8,

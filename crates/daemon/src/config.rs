@@ -1,6 +1,7 @@
 //! Daemon configuration: TOML, `deny_unknown_fields`, defaults for everything, validation errors that name
 //! the file, the field and the reason. CLI flags override fields after loading.
 
+use kestrel_core::check::{at_most, within, Invalid};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -333,51 +334,44 @@ impl Config {
 
     /// Check every field's range and the combinations that matter.
     pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |field: &str, reason: String| {
-            Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field: field.into(),
-                reason,
-            })
-        };
-        let unit = |v: f32| v.is_finite() && (0.0..=1.0).contains(&v);
-        if !unit(self.model.conf) {
-            return bad("model.conf", format!("{} is not between 0 and 1", self.model.conf));
+        self.check().map_err(|(field, reason)| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.into(),
+            reason,
+        })
+    }
+
+    /// Every section's rules; the first broken one.
+    fn check(&self) -> Result<(), Invalid> {
+        let m = &self.model;
+        within("model.conf", m.conf, 0.0..=1.0)?;
+        within("model.iou", m.iou, 0.0..=1.0)?;
+        if m.max_detections == 0 {
+            return Err(("model.max_detections", "must be at least 1".into()));
         }
-        if !unit(self.model.iou) {
-            return bad("model.iou", format!("{} is not between 0 and 1", self.model.iou));
-        }
-        if self.model.max_detections == 0 {
-            return bad("model.max_detections", "must be at least 1".into());
-        }
-        if !self.source.fps_hz.is_finite() || self.source.fps_hz < 0.0 || self.source.fps_hz > 1000.0 {
-            return bad(
-                "source.fps_hz",
-                format!("{} is not between 0 and 1000", self.source.fps_hz),
-            );
-        }
-        match self.source.kind {
-            SourceKind::Images | SourceKind::Mjpeg if self.source.path.as_os_str().is_empty() => {
-                return bad("source.path", "required for this source kind".into())
+        let s = &self.source;
+        within("source.fps_hz", s.fps_hz, 0.0..=1000.0)?;
+        match s.kind {
+            SourceKind::Images | SourceKind::Mjpeg if s.path.as_os_str().is_empty() => {
+                return Err(("source.path", "required for this source kind".into()))
             }
             SourceKind::Synthetic | SourceKind::V4l2 => {
-                let (w, h) = (self.source.width, self.source.height);
+                let (w, h) = (s.width, s.height);
                 if !(16..=8192).contains(&w) || !(16..=8192).contains(&h) || w % 2 != 0 || h % 2 != 0 {
-                    return bad("source.width", format!("{w}x{h}: each side must be even and 16..=8192"));
+                    return Err(("source.width", format!("{w}x{h}: each side must be even and 16..=8192")));
                 }
             }
             _ => {}
         }
-        if self.source.kind == SourceKind::V4l2 {
-            let s = &self.source;
+        if s.kind == SourceKind::V4l2 {
             if s.device.as_os_str().is_empty() {
-                return bad("source.device", "required for kind = \"v4l2\"".into());
+                return Err(("source.device", "required for kind = \"v4l2\"".into()));
             }
             if s.device.as_os_str().as_encoded_bytes().contains(&0) {
-                return bad("source.device", "contains a NUL byte".into());
+                return Err(("source.device", "contains a NUL byte".into()));
             }
             if s.pixel_formats.is_empty() {
-                return bad("source.pixel_formats", "list at least one of mjpeg, yuyv, nv12".into());
+                return Err(("source.pixel_formats", "list at least one of mjpeg, yuyv, nv12".into()));
             }
             if let Some(d) = s
                 .pixel_formats
@@ -385,101 +379,52 @@ impl Config {
                 .enumerate()
                 .find(|(i, f)| s.pixel_formats[..*i].contains(f))
             {
-                return bad("source.pixel_formats", format!("{:?} is listed twice", d.1));
+                return Err(("source.pixel_formats", format!("{:?} is listed twice", d.1)));
             }
-            if !(2..=32).contains(&s.buffers) {
-                return bad("source.buffers", format!("{} is not between 2 and 32", s.buffers));
-            }
-            if !(100..=60_000).contains(&s.dequeue_timeout_ms) {
-                return bad(
-                    "source.dequeue_timeout_ms",
-                    format!("{} is not between 100 and 60000", s.dequeue_timeout_ms),
-                );
-            }
-            if !(10..=60_000).contains(&s.reconnect_min_ms) {
-                return bad(
-                    "source.reconnect_min_ms",
-                    format!("{} is not between 10 and 60000", s.reconnect_min_ms),
-                );
-            }
+            within("source.buffers", s.buffers, 2..=32)?;
+            within("source.dequeue_timeout_ms", s.dequeue_timeout_ms, 100..=60_000)?;
+            within("source.reconnect_min_ms", s.reconnect_min_ms, 10..=60_000)?;
             if s.reconnect_max_ms < s.reconnect_min_ms || s.reconnect_max_ms > 600_000 {
-                return bad(
+                return Err((
                     "source.reconnect_max_ms",
                     format!(
                         "{} must be at least reconnect_min_ms ({}) and at most 600000",
                         s.reconnect_max_ms, s.reconnect_min_ms
                     ),
-                );
+                ));
             }
         }
-        if self.pipeline.queue_depth == 0 || self.pipeline.queue_depth > 64 {
-            return bad(
-                "pipeline.queue_depth",
-                format!("{} is not between 1 and 64", self.pipeline.queue_depth),
-            );
-        }
-        if self.pipeline.workers > 64 {
-            return bad("pipeline.workers", format!("{} is more than 64", self.pipeline.workers));
-        }
-        if !(1..=1000).contains(&self.pipeline.poll_ms) {
-            return bad(
-                "pipeline.poll_ms",
-                format!("{} is not between 1 and 1000", self.pipeline.poll_ms),
-            );
-        }
-        if let Err((field, reason)) = self.publish.validate() {
-            return bad(field, reason);
-        }
-        if let Err((field, reason)) = self.mavlink.validate() {
-            return bad(field, reason);
-        }
+        within("pipeline.queue_depth", self.pipeline.queue_depth, 1..=64)?;
+        at_most("pipeline.workers", self.pipeline.workers, 64)?;
+        within("pipeline.poll_ms", self.pipeline.poll_ms, 1..=1000)?;
+        self.publish.validate()?;
+        self.mavlink.validate()?;
         if self.mavlink.enabled && self.intrinsics.is_none() {
-            return bad(
+            return Err((
                 "mavlink.enabled",
                 "LANDING_TARGET needs angles: add the camera's [intrinsics]".into(),
-            );
+            ));
         }
         if let Some(i) = &self.intrinsics {
-            if let Err(reason) = kestrel_vision::angles::Intrinsics::new(i) {
-                return bad("intrinsics", reason.to_string());
-            }
+            kestrel_vision::angles::Intrinsics::new(i).map_err(|e| ("intrinsics", e.to_string()))?;
         }
-        if self.runtime.warmup_runs > 100 {
-            return bad(
-                "runtime.warmup_runs",
-                format!("{} is more than 100", self.runtime.warmup_runs),
-            );
-        }
-        if let Err((field, reason)) = self.runtime.ep_options().validate() {
-            return bad(field, reason);
-        }
-        if self.runtime.inter_threads > 256 {
-            return bad(
-                "runtime.inter_threads",
-                format!("{} is more than 256", self.runtime.inter_threads),
-            );
-        }
+        at_most("runtime.warmup_runs", self.runtime.warmup_runs, 100)?;
+        self.runtime.ep_options().validate()?;
+        at_most("runtime.inter_threads", self.runtime.inter_threads, 256)?;
         let st = &self.selftest;
-        for (field, v) in [
-            ("selftest.min_iou", st.min_iou),
-            ("selftest.score_tolerance", st.score_tolerance),
-            ("selftest.min_score", st.min_score),
-        ] {
-            if !unit(v) {
-                return bad(field, format!("{v} is not between 0 and 1"));
-            }
-        }
-        if !(100..=60_000).contains(&self.service.status_interval_ms) {
-            return bad(
-                "service.status_interval_ms",
-                format!("{} is not between 100 and 60000", self.service.status_interval_ms),
-            );
-        }
+        within("selftest.min_iou", st.min_iou, 0.0..=1.0)?;
+        within("selftest.score_tolerance", st.score_tolerance, 0.0..=1.0)?;
+        within("selftest.min_score", st.min_score, 0.0..=1.0)?;
+        within(
+            "service.status_interval_ms",
+            self.service.status_interval_ms,
+            100..=60_000,
+        )?;
         if self.log.filter.as_deref().is_some_and(|f| f.trim().is_empty()) {
-            return bad("log.filter", "is empty (leave it out for the default)".into());
+            return Err(("log.filter", "is empty (leave it out for the default)".into()));
         }
         if self.output.kind == OutputKind::File && self.output.path.is_none() {
-            return bad("output.path", "required when output.kind = \"file\"".into());
+            return Err(("output.path", "required when output.kind = \"file\"".into()));
         }
         Ok(())
     }

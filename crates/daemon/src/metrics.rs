@@ -133,7 +133,7 @@ pub struct Latency {
     pub max_ms: f32,
 }
 
-/// A point-in-time view of the pipeline, for logs and (later) the publisher's status message.
+/// A point-in-time view of the pipeline, for logs and the publisher's status message.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Snapshot {
     pub uptime_s: f64,

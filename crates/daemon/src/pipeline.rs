@@ -19,8 +19,16 @@
 //!   older than the last it ran (`out_of_order`), so results leave in strictly increasing sequence.
 //! - Frame buffers, tensors and detection vectors are pooled: nothing is allocated per frame in steady state.
 //! - Every blocking call has a timeout of `poll`, so a stop is seen within one poll interval by every thread.
+//!
+//! Each stage is a struct that owns its state and runs on its own named thread: [`capture`], [`prepare`]
+//! (the workers), [`infer`], [`postprocess`] and [`publish`]; this module wires them together.
 
+mod capture;
+mod infer;
 mod pace;
+mod postprocess;
+mod prepare;
+mod publish;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
@@ -30,21 +38,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use thiserror::Error;
 
-use crate::metrics::{DropReason, Metrics, Stage};
+use crate::metrics::Metrics;
 use crate::sink::{Sink, SinkError};
 use kestrel_camera::{Source, SourceError};
 use kestrel_core::clock::monotonic_ns;
-use kestrel_core::clock::realtime_ns;
 use kestrel_core::detection::Detection;
 use kestrel_core::frame::Frame;
-use kestrel_core::latest::push_latest;
-use kestrel_core::pool::{Pool, Pooled};
-use kestrel_core::published::{FrameTimes, Published};
-use kestrel_core::ratelog::RateLimitedLog;
+use kestrel_core::pool::Pool;
 use kestrel_infer::detect::Thresholds;
 use kestrel_infer::model::{Detector, InferTimes, InputTensor, ModelError};
-use kestrel_vision::letterbox::Letterbox;
-use kestrel_vision::nms::nms_into;
 use kestrel_vision::preprocess::{FramePreprocessor, PreprocessError};
 use kestrel_vision::yolo::Candidate;
 
@@ -58,8 +60,8 @@ pub enum PipelineError {
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
     Sink(#[from] SinkError),
-    #[error("cannot start thread {name}: {reason}")]
-    Spawn { name: String, reason: String },
+    #[error("cannot start thread {name}: {source}")]
+    Spawn { name: String, source: std::io::Error },
     #[error("thread {0} panicked")]
     Panicked(String),
 }
@@ -151,44 +153,20 @@ pub fn default_workers(cores: usize) -> usize {
     cores.div_ceil(4).max(1)
 }
 
-struct Prepared {
-    seq: u64,
-    capture_ns: u64,
-    /// When the worker finished preparing it.
-    ready_ns: u64,
-    lb: Letterbox,
-    tensor: Pooled<InputTensor>,
-    times: FrameTimes,
-}
-
-impl pace::Sequenced for Prepared {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-    fn ready_ns(&self) -> u64 {
-        self.ready_ns
-    }
-}
-
-struct Inferred {
-    seq: u64,
-    capture_ns: u64,
-    lb: Letterbox,
-    candidates: Pooled<Vec<Candidate>>,
-    times: FrameTimes,
-}
-
-struct Finished {
-    seq: u64,
-    capture_ns: u64,
-    width: u32,
-    height: u32,
-    detections: Pooled<Vec<Detection>>,
-    times: FrameTimes,
-}
-
+/// Milliseconds, for the per-frame times published with each frame.
 fn ms(d: Duration) -> f32 {
     d.as_secs_f32() * 1e3
+}
+
+/// The run's stop flag, as the stages poll it.
+#[derive(Clone)]
+struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    /// `stopped()` for the blocking helpers.
+    fn flag(&self) -> impl Fn() -> bool + '_ {
+        || self.0.load(Relaxed)
+    }
 }
 
 /// The next item, waiting in `poll` slices; `None` once `stopped()` or every sender is gone.
@@ -283,9 +261,9 @@ impl Pipeline {
 
     /// [`Self::start`] recording into `metrics` (shared with the publisher's status messages).
     pub fn start_with_metrics(
-        mut source: Box<dyn Source>,
-        mut inference: Box<dyn Inference>,
-        mut sink: Box<dyn Sink>,
+        source: Box<dyn Source>,
+        inference: Box<dyn Inference>,
+        sink: Box<dyn Sink>,
         labels: Arc<[String]>,
         opts: Options,
         stop: Arc<AtomicBool>,
@@ -294,17 +272,15 @@ impl Pipeline {
         let workers = opts.workers.max(1);
         let depth = opts.queue_depth.max(1);
         let poll = opts.poll;
-        let (dst_w, dst_h) = inference.input_size();
+        let dst = inference.input_size();
         let tensors = Pool::new(depth.max(workers) + 1, || inference.new_input());
         let pace = Arc::new(pace::Pace::new(monotonic_ns));
-        let mut feed = pace::Feed::new(pace.clone(), tensors.try_take());
-        let candidate_pool = Pool::new(8, || Vec::<Candidate>::with_capacity(1024));
-        let detection_pool = Pool::new(8, || Vec::<Detection>::with_capacity(opts.thresholds.max_detections));
+        let feed = pace::Feed::new(pace.clone(), tensors.try_take());
 
         let (frames_tx, frames_rx) = bounded::<Frame>(depth);
-        let (prepared_tx, prepared_rx) = bounded::<Prepared>(depth);
-        let (inferred_tx, inferred_rx) = bounded::<Inferred>(4);
-        let (finished_tx, finished_rx) = bounded::<Finished>(4);
+        let (prepared_tx, prepared_rx) = bounded::<prepare::Prepared>(depth);
+        let (inferred_tx, inferred_rx) = bounded::<infer::Inferred>(4);
+        let (finished_tx, finished_rx) = bounded::<postprocess::Finished>(4);
 
         let live = Arc::new(LiveThresholds::new(opts.thresholds));
         let mut p = Self {
@@ -313,265 +289,79 @@ impl Pipeline {
             metrics: metrics.clone(),
             thresholds: live.clone(),
         };
-        let stopped = {
-            let stop = stop.clone();
-            move || stop.load(Relaxed)
-        };
+        let stop = Stop(stop);
 
         let paced = source.paced();
         if let Some(status) = source.status() {
             metrics.attach_source(status);
         }
-        // capture
-        {
-            let (m, rx, stopped) = (metrics.clone(), frames_rx.clone(), stopped.clone());
-            p.spawn("capture", move || {
-                while let Some(frame) = source.next_frame(&stopped)? {
-                    m.captured();
-                    let sent = if paced {
-                        push_latest(&frames_tx, &rx, frame, &|| m.dropped(DropReason::CaptureOverrun))
-                    } else {
-                        send_blocking(&frames_tx, frame, poll, &stopped)
-                    };
-                    if !sent {
-                        break;
-                    }
-                }
-                log::debug!("capture: source {} ended", source.name());
-                Ok(())
-            })?;
-        }
+        let capture = capture::Capture {
+            source,
+            tx: frames_tx,
+            rx: frames_rx.clone(),
+            metrics: metrics.clone(),
+            paced,
+            poll,
+            stop: stop.clone(),
+        };
+        p.spawn("capture", move || capture.run())?;
 
-        // preprocessing workers
         for i in 0..workers {
-            let (m, frames_rx, tx, rx_old) = (
-                metrics.clone(),
-                frames_rx.clone(),
-                prepared_tx.clone(),
-                prepared_rx.clone(),
-            );
-            let (tensors, pace, stopped) = (tensors.clone(), pace.clone(), stopped.clone());
-            let mut prep = FramePreprocessor::new(opts.scaled_jpeg)?;
-            p.spawn(&format!("preprocess-{i}"), move || {
-                let mut bad = RateLimitedLog::new("bad frame skipped");
-                loop {
-                    // A tensor first: it is the credit that says inference will want another frame.
-                    let mut tensor = loop {
-                        if stopped() {
-                            return Ok(());
-                        }
-                        if let Some(t) = tensors.take_timeout(poll) {
-                            break t;
-                        }
-                    };
-                    if !pace.claim(poll, &stopped) {
-                        return Ok(());
-                    }
-                    let next = match frames_rx.try_recv() {
-                        Ok(frame) => Some(frame),
-                        Err(_) => {
-                            pace.source_was_late();
-                            recv_or_stop(&frames_rx, poll, &stopped)
-                        }
-                    };
-                    let Some(mut frame) = next else {
-                        // The source ended (or a stop): the frame committed to will never be on its way, and
-                        // a worker still waiting must not plan behind it.
-                        pace.dropped_one();
-                        return Ok(());
-                    };
-                    let t0 = Instant::now();
-                    let t0_ns = monotonic_ns();
-                    // An unpaced source (files, as fast as the pipeline takes them) has no moment of capture
-                    // of its own; it reads one frame ahead only to hide its I/O. Its frame is captured when a
-                    // worker takes it, as from a camera that delivered a frame the moment one was wanted.
-                    if !paced {
-                        frame.capture_ns = t0_ns;
-                    }
-                    m.record(
-                        Stage::Queue,
-                        Duration::from_nanos(t0_ns.saturating_sub(frame.capture_ns)),
-                    );
-                    match prep.prepare_frame(&frame, tensor.data_mut(), dst_w, dst_h) {
-                        Ok(lb) => {
-                            m.record(Stage::Decode, prep.last_decode);
-                            m.record(Stage::Letterbox, prep.last_letterbox);
-                            pace.prepared(t0.elapsed());
-                            let item = Prepared {
-                                seq: frame.seq,
-                                capture_ns: frame.capture_ns,
-                                ready_ns: monotonic_ns(),
-                                lb,
-                                tensor,
-                                times: FrameTimes {
-                                    queue_ms: ms(Duration::from_nanos(t0_ns.saturating_sub(frame.capture_ns))),
-                                    decode_ms: ms(prep.last_decode),
-                                    letterbox_ms: ms(prep.last_letterbox),
-                                    ..FrameTimes::default()
-                                },
-                            };
-                            let sent = if paced {
-                                push_latest(&tx, &rx_old, item, &|| {
-                                    m.dropped(DropReason::PreparedOverrun);
-                                    pace.dropped_one();
-                                })
-                            } else {
-                                send_blocking(&tx, item, poll, &stopped)
-                            };
-                            if !sent {
-                                return Ok(());
-                            }
-                        }
-                        Err(e) => {
-                            m.dropped(DropReason::BadFrame);
-                            pace.dropped_one();
-                            bad.warn(&format_args!("frame {}: {e}", frame.seq));
-                        }
-                    }
-                }
-            })?;
+            let worker = prepare::Worker {
+                frames: frames_rx.clone(),
+                tx: prepared_tx.clone(),
+                rx_old: prepared_rx.clone(),
+                tensors: tensors.clone(),
+                pace: pace.clone(),
+                prep: FramePreprocessor::new(opts.scaled_jpeg)?,
+                metrics: metrics.clone(),
+                dst,
+                paced,
+                poll,
+                stop: stop.clone(),
+            };
+            p.spawn(&format!("preprocess-{i}"), move || worker.run())?;
         }
         drop((frames_rx, prepared_tx));
 
-        // inference
-        {
-            let (m, rx, tx, stopped) = (metrics.clone(), prepared_rx, inferred_tx, stopped.clone());
-            let live = live.clone();
-            p.spawn("inference", move || {
-                let mut last_seq = 0u64;
-                // Live sources: the newest prepared frame wins. Unpaced files: every frame, in arrival order.
-                while let Some(item) = feed.next(&rx, paced, poll, &stopped, &mut || m.dropped(DropReason::Stale)) {
-                    if item.seq <= last_seq {
-                        m.dropped(DropReason::OutOfOrder);
-                        continue;
-                    }
-                    last_seq = item.seq;
-                    let Some(mut candidates) = candidate_pool.take_timeout(poll) else {
-                        m.dropped(DropReason::Stale);
-                        continue;
-                    };
-                    feed.start();
-                    m.record(Stage::InferWait, feed.last_wait);
-                    m.record(Stage::PreparedWait, feed.last_frame_wait);
-                    m.record(
-                        Stage::AgeAtInfer,
-                        Duration::from_nanos(monotonic_ns().saturating_sub(item.capture_ns)),
-                    );
-                    let times = inference.infer(&item.tensor, live.get().conf, &mut candidates)?;
-                    m.record(Stage::Infer, times.run);
-                    let times_run = times.run;
-                    m.inferred();
-                    let Prepared {
-                        seq,
-                        capture_ns,
-                        ready_ns: _,
-                        lb,
-                        tensor,
-                        mut times,
-                    } = item;
-                    times.infer_ms = ms(times_run);
-                    feed.done(tensor);
-                    if !send_blocking(
-                        &tx,
-                        Inferred {
-                            seq,
-                            capture_ns,
-                            lb,
-                            candidates,
-                            times,
-                        },
-                        poll,
-                        &stopped,
-                    ) {
-                        return Ok(());
-                    }
-                }
-                Ok(())
-            })?;
-        }
+        let infer = infer::Infer {
+            inference,
+            feed,
+            rx: prepared_rx,
+            tx: inferred_tx,
+            candidates: Pool::new(8, || Vec::<Candidate>::with_capacity(1024)),
+            live: live.clone(),
+            metrics: metrics.clone(),
+            paced,
+            poll,
+            stop: stop.clone(),
+        };
+        p.spawn("inference", move || infer.run())?;
 
-        // postprocess
-        {
-            let (m, rx, tx, stopped) = (metrics.clone(), inferred_rx, finished_tx, stopped.clone());
-            // NMS keeps candidates in model pixels here; the published detections are in image pixels.
-            let mut kept = Vec::<Candidate>::with_capacity(opts.thresholds.max_detections);
-            p.spawn("postprocess", move || loop {
-                let Some(mut item) = recv_or_stop(&rx, poll, &stopped) else {
-                    return Ok(());
-                };
-                let Some(mut dets) = detection_pool.take_timeout(poll) else {
-                    continue;
-                };
-                let t0 = Instant::now();
-                let th = live.get();
-                nms_into(&mut item.candidates, th.iou, th.max_detections, &mut kept);
-                dets.clear();
-                dets.extend(kept.iter().map(|c| Detection {
-                    class_id: c.class_id,
-                    score: c.score,
-                    bbox: item.lb.image_box_from_model(c.bbox),
-                }));
-                let post = t0.elapsed();
-                m.record(Stage::Postprocess, post);
-                let out = Finished {
-                    seq: item.seq,
-                    capture_ns: item.capture_ns,
-                    width: item.lb.src_w,
-                    height: item.lb.src_h,
-                    detections: dets,
-                    times: FrameTimes {
-                        postprocess_ms: ms(post),
-                        ..item.times
-                    },
-                };
-                drop(item);
-                if !send_blocking(&tx, out, poll, &stopped) {
-                    return Ok(());
-                }
-            })?;
-        }
+        let max_detections = opts.thresholds.max_detections;
+        let postprocess = postprocess::Postprocess {
+            rx: inferred_rx,
+            tx: finished_tx,
+            detections: Pool::new(8, || Vec::<Detection>::with_capacity(max_detections)),
+            kept: Vec::with_capacity(max_detections),
+            live,
+            metrics: metrics.clone(),
+            poll,
+            stop: stop.clone(),
+        };
+        p.spawn("postprocess", move || postprocess.run())?;
 
-        // sink
-        {
-            let (m, rx, stopped) = (metrics.clone(), finished_rx, stopped);
-            p.spawn("sink", move || {
-                let mut fps = FpsMeter::new();
-                let mut angles: Vec<[f32; 2]> = Vec::with_capacity(opts.thresholds.max_detections);
-                while let Some(item) = recv_or_stop(&rx, poll, &stopped) {
-                    angles.clear();
-                    if let Some(cam) = &opts.intrinsics {
-                        angles.extend(
-                            item.detections
-                                .iter()
-                                .map(|d| cam.box_angles(&d.bbox, item.width, item.height)),
-                        );
-                    }
-                    let publish_ns = monotonic_ns();
-                    // The capture instant on the wall clock: now on CLOCK_REALTIME minus the frame's age.
-                    let capture_realtime_ns =
-                        realtime_ns().saturating_sub(monotonic_ns().saturating_sub(item.capture_ns));
-                    sink.publish(&Published {
-                        seq: item.seq,
-                        capture_ns: item.capture_ns,
-                        capture_realtime_ns,
-                        publish_ns,
-                        times: item.times,
-                        width: item.width,
-                        height: item.height,
-                        detections: &item.detections,
-                        angles: &angles,
-                        labels: &labels,
-                        fps: fps.tick(),
-                    })?;
-                    m.published();
-                    m.record(
-                        Stage::CaptureToPublish,
-                        Duration::from_nanos(publish_ns.saturating_sub(item.capture_ns)),
-                    );
-                }
-                Ok(())
-            })?;
-        }
+        let publish = publish::Publish {
+            rx: finished_rx,
+            sink,
+            labels,
+            intrinsics: opts.intrinsics,
+            angles: Vec::with_capacity(max_detections),
+            metrics,
+            poll,
+            stop,
+        };
+        p.spawn("sink", move || publish.run())?;
         Ok(p)
     }
 
@@ -590,9 +380,9 @@ impl Pipeline {
                 }
                 r
             })
-            .map_err(|e| PipelineError::Spawn {
+            .map_err(|source| PipelineError::Spawn {
                 name: name.to_string(),
-                reason: e.to_string(),
+                source,
             });
         match handle {
             Ok(h) => {
@@ -665,58 +455,5 @@ impl Drop for Pipeline {
         for (_, h) in self.threads.drain(..) {
             let _ = h.join();
         }
-    }
-}
-
-/// Published frames per second: frame intervals over (about) the last second; before the first full second,
-/// an estimate from the frames so far.
-struct FpsMeter {
-    window_start: Option<Instant>,
-    intervals: u32,
-    settled: bool,
-    fps: f64,
-}
-
-impl FpsMeter {
-    fn new() -> Self {
-        Self {
-            window_start: None,
-            intervals: 0,
-            settled: false,
-            fps: 0.0,
-        }
-    }
-
-    fn tick(&mut self) -> f64 {
-        let now = Instant::now();
-        let Some(start) = self.window_start else {
-            self.window_start = Some(now);
-            return self.fps;
-        };
-        self.intervals += 1;
-        let e = now.duration_since(start).as_secs_f64();
-        if e >= 1.0 || !self.settled {
-            self.fps = f64::from(self.intervals) / e.max(1e-6);
-        }
-        if e >= 1.0 {
-            (self.window_start, self.intervals, self.settled) = (Some(now), 0, true);
-        }
-        self.fps
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limited_log_admits_one_line_per_5_s_and_counts_the_rest() {
-        let mut log = RateLimitedLog::new("x");
-        let t0 = Instant::now();
-        assert_eq!(log.admit(t0), Some(0));
-        assert_eq!(log.admit(t0 + Duration::from_secs(1)), None);
-        assert_eq!(log.admit(t0 + Duration::from_millis(4999)), None);
-        assert_eq!(log.admit(t0 + Duration::from_secs(5)), Some(2));
-        assert_eq!(log.admit(t0 + Duration::from_secs(6)), None);
     }
 }

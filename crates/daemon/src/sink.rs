@@ -1,5 +1,5 @@
-//! Where results go. For now JSON Lines (stdout or a file), a human-readable text line, or nowhere; the
-//! socket publisher implements the same trait later.
+//! Where results go: the [`Sink`] trait every output implements (the socket publisher and MAVLink too), and
+//! the simple ones: JSON Lines (stdout or a file), a human-readable text line, or nowhere.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
