@@ -71,7 +71,7 @@ impl Listener {
                 .spawn()
                 .expect("start mavlink_listen.py");
             let out = child.stdout.take().unwrap();
-            let (tx, lines) = crossbeam_channel::bounded(4096);
+            let (tx, lines) = crossbeam_channel::bounded(1 << 16);
             common::spawn("listener-lines", move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
                     if tx.send(line).is_err() {

@@ -356,7 +356,7 @@ fn killed_garbage_and_churning_clients_leave_the_server_healthy_without_fd_leaks
                         last = d.seq;
                     }
                     Message::Status(_) => {
-                        let _ = started_tx.send(());
+                        let _ = started_tx.try_send(());
                         after_done += usize::from(done.load(Ordering::SeqCst));
                     }
                     _ => {}
