@@ -66,9 +66,10 @@ pub fn describe(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
         let c = cause.to_string();
-        if !text.contains(&c) {
+        let c = c.trim();
+        if !text.contains(c) {
             text.push_str(": ");
-            text.push_str(&c);
+            text.push_str(c);
         }
     }
     text

@@ -54,13 +54,13 @@ fn build_engine(cli_ort: Option<&Path>, cfg: &Config, force: bool) -> anyhow::Re
     if let Err(reason) = precheck(EpKind::Tensorrt, &facts) {
         return Err(EpError::Required {
             kind: EpKind::Tensorrt,
-            reason,
+            reason: reason.into(),
         })
         .context("kestrel build-engine needs the TensorRT execution provider");
     }
     let model = &cfg.model.path;
     step(&format!("hashing {}", model.display()));
-    let input_shape = kestrel_infer::model::input_shape_of(rt, model).map_err(anyhow::Error::msg)?;
+    let input_shape = kestrel_infer::model::input_shape_of(rt, model)?;
     let key = engine_key(
         &opts.ep.tensorrt,
         &rt.version,
@@ -69,8 +69,7 @@ fn build_engine(cli_ort: Option<&Path>, cfg: &Config, force: bool) -> anyhow::Re
             input_shape,
         },
         &facts,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let cache = EngineCache::new(
         opts.ep
             .engine_cache_dir

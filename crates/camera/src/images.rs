@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Playback, SourceError};
+use super::{Cause, Playback, SourceError};
 use kestrel_core::clock::monotonic_ns;
 use kestrel_core::frame::{Frame, PixelFormat};
 use kestrel_vision::decode::decode_image;
@@ -28,13 +28,13 @@ fn is_image(p: &Path) -> bool {
 
 impl ImagesSource {
     pub fn open(path: &Path, fps_hz: f64, loop_frames: bool, pool_size: usize) -> Result<Self, SourceError> {
-        let err = |reason: String| SourceError::Open {
+        let err = |source: Cause| SourceError::Open {
             what: path.display().to_string(),
-            reason,
+            source: Box::new(source),
         };
         let files: Vec<PathBuf> = if path.is_dir() {
             let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| err(e.to_string()))?
+                .map_err(|e| err(Cause::Io(e)))?
                 .filter_map(Result::ok)
                 .map(|e| e.path())
                 .filter(|p| p.is_file() && is_image(p))
@@ -46,8 +46,18 @@ impl ImagesSource {
         };
         let mut items = Vec::new();
         for f in &files {
-            let bytes = std::fs::read(f).map_err(|e| err(format!("{}: {e}", f.display())))?;
-            let img = decode_image(&bytes).map_err(|e| err(format!("{}: {e}", f.display())))?;
+            let bytes = std::fs::read(f).map_err(|source| {
+                err(Cause::Read {
+                    path: f.clone(),
+                    source,
+                })
+            })?;
+            let img = decode_image(&bytes).map_err(|source| {
+                err(Cause::Decode {
+                    path: f.clone(),
+                    source,
+                })
+            })?;
             let item = if bytes.starts_with(&[0xFF, 0xD8]) {
                 Item {
                     format: PixelFormat::Jpeg,
@@ -66,7 +76,7 @@ impl ImagesSource {
             items.push(item);
         }
         if items.is_empty() {
-            return Err(err("no .jpg, .jpeg or .png files".into()));
+            return Err(err(Cause::NoImages));
         }
         let largest = items.iter().map(|i| i.bytes.len()).max().unwrap_or(0);
         log::info!("images source {}: {} images", path.display(), items.len());

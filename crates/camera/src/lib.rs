@@ -10,6 +10,8 @@ pub mod mjpeg;
 pub mod synthetic;
 pub mod v4l2;
 
+use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -24,10 +26,52 @@ pub const POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Error)]
 pub enum SourceError {
-    #[error("cannot open source {what}: {reason}")]
-    Open { what: String, reason: String },
-    #[error("source {what} failed: {reason}")]
-    Failed { what: String, reason: String },
+    #[error("cannot open source {what}: {source}")]
+    Open {
+        what: String,
+        #[source]
+        source: Box<Cause>,
+    },
+    #[error("source {what} failed: {source}")]
+    Failed {
+        what: String,
+        #[source]
+        source: Box<Cause>,
+    },
+}
+
+/// Why a source could not open, or stopped for good.
+#[derive(Debug, Error)]
+pub enum Cause {
+    /// Reading the file, or listing the directory, the source was given.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// One file of an `images` directory.
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// One image that does not decode.
+    #[error("{path}: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: kestrel_vision::decode::DecodeError,
+    },
+    #[error("no .jpg, .jpeg or .png files")]
+    NoImages,
+    #[error("no complete JPEG frame in the file")]
+    NoJpegFrame,
+    /// A synthetic frame's pixels do not fill its size.
+    #[error("frame buffer size")]
+    FrameSize,
+    /// Encoding a synthetic JPEG frame.
+    #[error(transparent)]
+    Encode(#[from] image::ImageError),
+    #[error(transparent)]
+    Camera(#[from] v4l2::CameraError),
 }
 
 /// Something that produces frames. `next_frame` blocks until the next frame is due (pacing), but returns

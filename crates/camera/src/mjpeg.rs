@@ -4,7 +4,7 @@
 use std::ops::Range;
 use std::path::Path;
 
-use super::{Playback, SourceError};
+use super::{Cause, Playback, SourceError};
 use kestrel_core::clock::monotonic_ns;
 use kestrel_core::frame::{Frame, PixelFormat};
 
@@ -122,13 +122,13 @@ impl MjpegSource {
     pub fn open(path: &Path, fps_hz: f64, loop_frames: bool, pool_size: usize) -> Result<Self, SourceError> {
         let data = std::fs::read(path).map_err(|e| SourceError::Open {
             what: path.display().to_string(),
-            reason: e.to_string(),
+            source: Box::new(Cause::Io(e)),
         })?;
         let split = split_jpeg_stream(&data);
         if split.frames.is_empty() {
             return Err(SourceError::Open {
                 what: path.display().to_string(),
-                reason: "no complete JPEG frame in the file".into(),
+                source: Box::new(Cause::NoJpegFrame),
             });
         }
         if split.truncated > 0 || split.skipped_bytes > 0 {

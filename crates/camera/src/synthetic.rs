@@ -6,7 +6,7 @@ use std::io::Cursor;
 
 use kestrel_vision::pattern::{render_rgb, rgb_to_nv12, rgb_to_yuyv};
 
-use super::{Pacer, SourceError};
+use super::{Cause, Pacer, SourceError};
 use crate::config::{SourceConfig, SyntheticFormat};
 use kestrel_core::clock::monotonic_ns;
 use kestrel_core::frame::{Frame, PixelFormat};
@@ -41,14 +41,14 @@ impl SyntheticSource {
                 let img =
                     image::RgbImage::from_raw(w, h, std::mem::take(&mut rgb)).ok_or_else(|| SourceError::Open {
                         what: "synthetic".into(),
-                        reason: "frame buffer size".into(),
+                        source: Box::new(Cause::FrameSize),
                     })?;
                 let mut out = Cursor::new(Vec::new());
                 image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
                     .encode_image(&img)
                     .map_err(|e| SourceError::Open {
                         what: "synthetic".into(),
-                        reason: e.to_string(),
+                        source: Box::new(Cause::Encode(e)),
                     })?;
                 jpegs.push(out.into_inner());
                 rgb = img.into_raw();

@@ -15,8 +15,12 @@ pub const DEFAULT_PATH: &str = "/etc/kestrel/kestrel.toml";
 pub enum ConfigError {
     #[error("config {path}: cannot read: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("config {path}: field `{field}`: {reason}")]
     Invalid {
         path: PathBuf,
@@ -288,9 +292,9 @@ impl Default for MetricsConfig {
 impl Config {
     /// Parse TOML text; `path` names the file in errors and anchors relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let anchor = |p: &mut PathBuf| {

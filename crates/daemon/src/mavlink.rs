@@ -65,10 +65,42 @@ pub enum MavlinkError {
     UnknownClass { name: String, known: String },
     #[error("mavlink config: field `{field}`: {reason}")]
     Config { field: &'static str, reason: String },
+    #[error("mavlink config: field `mavlink.endpoint`: {0}")]
+    Endpoint(#[source] EndpointError),
     #[error("cannot open MAVLink endpoint {endpoint}: {source}")]
     Connect { endpoint: String, source: io::Error },
     #[error("cannot start the mavlink thread: {0}")]
-    Thread(io::Error),
+    Thread(#[source] io::Error),
+}
+
+/// Why a `mavlink.endpoint` string cannot be used; every message quotes it.
+#[derive(Debug, Error)]
+pub enum EndpointError {
+    #[error("{endpoint:?} is not KIND:ADDRESS (udpout:IP:PORT, udpbcast:IP:PORT, serial:PATH:BAUD)")]
+    NotKindAddress { endpoint: String },
+    #[error("{endpoint:?}: {rest:?} is not IP:PORT (an IP literal, no host names)")]
+    NotIpPort { endpoint: String, rest: String },
+    #[error("{endpoint:?}: port 0")]
+    PortZero { endpoint: String },
+    #[error("{endpoint:?} is not serial:PATH:BAUD")]
+    NotSerial { endpoint: String },
+    #[error("{endpoint:?}: the serial device must be an absolute path")]
+    RelativeDevice { endpoint: String },
+    #[error("{endpoint:?}: {baud:?} is not a baud rate")]
+    Baud { endpoint: String, baud: String },
+    #[error("{endpoint:?}: TCP is not supported (the MAVLink library connects without a timeout); use udpout")]
+    Tcp { endpoint: String },
+    #[error("{endpoint:?}: udpin is not supported (it sends only after a peer has written); use udpout")]
+    UdpIn { endpoint: String },
+    #[error("{endpoint:?}: unsupported kind {kind:?} (udpout:IP:PORT, udpbcast:IP:PORT, serial:PATH:BAUD)")]
+    Kind { endpoint: String, kind: String },
+    /// The mavlink crate refused the address.
+    #[error("{endpoint:?}: {source}")]
+    Address {
+        endpoint: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// `[mavlink]` in the config.
@@ -113,8 +145,8 @@ impl MavlinkConfig {
     /// Range checks: `Err((field, reason))`. (MAVLink also needs `[intrinsics]`; the config layer checks
     /// that.)
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Err(reason) = parse_endpoint(&self.endpoint) {
-            return Err(("mavlink.endpoint", reason));
+        if let Err(e) = parse_endpoint(&self.endpoint) {
+            return Err(("mavlink.endpoint", e.to_string()));
         }
         if self.enabled && self.target_class.trim().is_empty() {
             return Err((
@@ -153,47 +185,49 @@ impl MavlinkConfig {
 }
 
 /// A checked endpoint, ready for the mavlink crate.
-fn parse_endpoint(endpoint: &str) -> Result<ConnectionAddress, String> {
-    let (kind, rest) = endpoint.split_once(':').ok_or_else(|| {
-        format!("{endpoint:?} is not KIND:ADDRESS (udpout:IP:PORT, udpbcast:IP:PORT, serial:PATH:BAUD)")
-    })?;
+fn parse_endpoint(endpoint: &str) -> Result<ConnectionAddress, EndpointError> {
+    let endpoint_ = || endpoint.to_string();
+    let (kind, rest) = endpoint
+        .split_once(':')
+        .ok_or_else(|| EndpointError::NotKindAddress { endpoint: endpoint_() })?;
     match kind {
         "udpout" | "udpbcast" => {
-            let addr: SocketAddr = rest
-                .parse()
-                .map_err(|_| format!("{endpoint:?}: {rest:?} is not IP:PORT (an IP literal, no host names)"))?;
+            // The parser's own error says less than this one ("invalid socket address syntax").
+            let addr: SocketAddr = rest.parse().map_err(|_| EndpointError::NotIpPort {
+                endpoint: endpoint_(),
+                rest: rest.to_string(),
+            })?;
             if addr.port() == 0 {
-                return Err(format!("{endpoint:?}: port 0"));
+                return Err(EndpointError::PortZero { endpoint: endpoint_() });
             }
         }
         "serial" => {
             let (path, baud) = rest
                 .split_once(':')
-                .ok_or_else(|| format!("{endpoint:?} is not serial:PATH:BAUD"))?;
+                .ok_or_else(|| EndpointError::NotSerial { endpoint: endpoint_() })?;
             if !path.starts_with('/') {
-                return Err(format!("{endpoint:?}: the serial device must be an absolute path"));
+                return Err(EndpointError::RelativeDevice { endpoint: endpoint_() });
             }
             if !matches!(baud.parse::<u32>(), Ok(b) if b > 0) {
-                return Err(format!("{endpoint:?}: {baud:?} is not a baud rate"));
+                return Err(EndpointError::Baud {
+                    endpoint: endpoint_(),
+                    baud: baud.to_string(),
+                });
             }
         }
-        "tcpout" | "tcpin" => {
-            return Err(format!(
-                "{endpoint:?}: TCP is not supported (the MAVLink library connects without a timeout); use udpout"
-            ))
-        }
-        "udpin" => {
-            return Err(format!(
-                "{endpoint:?}: udpin is not supported (it sends only after a peer has written); use udpout"
-            ))
-        }
+        "tcpout" | "tcpin" => return Err(EndpointError::Tcp { endpoint: endpoint_() }),
+        "udpin" => return Err(EndpointError::UdpIn { endpoint: endpoint_() }),
         _ => {
-            return Err(format!(
-                "{endpoint:?}: unsupported kind {kind:?} (udpout:IP:PORT, udpbcast:IP:PORT, serial:PATH:BAUD)"
-            ))
+            return Err(EndpointError::Kind {
+                endpoint: endpoint_(),
+                kind: kind.to_string(),
+            })
         }
     }
-    let address = ConnectionAddress::parse_address(endpoint).map_err(|e| format!("{endpoint:?}: {e}"))?;
+    let address = ConnectionAddress::parse_address(endpoint).map_err(|source| EndpointError::Address {
+        endpoint: endpoint_(),
+        source,
+    })?;
     Ok(match address {
         ConnectionAddress::Serial(serial) => ConnectionAddress::Serial(serial.timeout(SERIAL_WRITE_TIMEOUT)),
         other => other,
@@ -335,13 +369,11 @@ impl MavlinkSink {
     /// Validate `cfg`, resolve the target class among `labels`, open the endpoint and start the `mavlink`
     /// thread (which sends a first HEARTBEAT at once).
     pub fn new(cfg: &MavlinkConfig, intrinsics: Intrinsics, labels: &[String]) -> Result<Self, MavlinkError> {
+        // The endpoint first (`validate` checks it first too), keeping its typed error.
+        let address = parse_endpoint(&cfg.endpoint).map_err(MavlinkError::Endpoint)?;
         cfg.validate()
             .map_err(|(field, reason)| MavlinkError::Config { field, reason })?;
         let class_id = resolve_class(labels, &cfg.target_class)?;
-        let address = parse_endpoint(&cfg.endpoint).map_err(|reason| MavlinkError::Config {
-            field: "mavlink.endpoint",
-            reason,
-        })?;
         let connect_err = |source| MavlinkError::Connect {
             endpoint: cfg.endpoint.clone(),
             source,

@@ -116,9 +116,44 @@ impl PublishConfig {
 #[derive(Debug, Error)]
 pub enum PublishError {
     #[error("socket {path}: {reason}")]
-    Socket { path: PathBuf, reason: String },
+    Socket {
+        path: PathBuf,
+        #[source]
+        reason: SocketError,
+    },
     #[error("cannot start the publisher thread: {0}")]
-    Thread(std::io::Error),
+    Thread(#[source] std::io::Error),
+}
+
+/// Why the subscriber socket cannot be set up.
+#[derive(Debug, Error)]
+pub enum SocketError {
+    #[error("another server is listening on it (is kestrel already running?)")]
+    InUse,
+    #[error("cannot remove the stale socket: {0}")]
+    RemoveStale(#[source] std::io::Error),
+    #[error(
+        "exists and is not a socket ({}); refusing to replace it",
+        if *.is_dir { "a directory" } else { "a regular file or other" }
+    )]
+    NotASocket { is_dir: bool },
+    #[error("directory {0} does not exist (systemd: RuntimeDirectory=kestrel)")]
+    NoDirectory(PathBuf),
+    #[error("cannot bind: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error("unknown group {0:?}")]
+    UnknownGroup(String),
+    #[error("chown to {group}: {source}")]
+    Chown {
+        group: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("rename into place: {0}")]
+    Rename(#[source] std::io::Error),
+    /// Looking at the path, setting the mode, making the listener non-blocking.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// Counters of the server (also in `status`).
@@ -224,44 +259,28 @@ fn group_id(name: &str) -> Option<u32> {
 /// place, so it never exists with other permissions.
 fn bind(cfg: &PublishConfig) -> Result<(UnixListener, (u64, u64)), PublishError> {
     let path = &cfg.socket;
-    let err = |reason: String| PublishError::Socket {
+    let err = |reason: SocketError| PublishError::Socket {
         path: path.clone(),
         reason,
     };
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(err(
-                    "another server is listening on it (is kestrel already running?)".into()
-                ))
-            }
+            Ok(_) => return Err(err(SocketError::InUse)),
             Err(_) => {
                 log::warn!("replacing stale socket {}", path.display());
-                std::fs::remove_file(path).map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+                std::fs::remove_file(path).map_err(|e| err(SocketError::RemoveStale(e)))?;
             }
         },
-        Ok(m) => {
-            return Err(err(format!(
-                "exists and is not a socket ({}); refusing to replace it",
-                if m.is_dir() {
-                    "a directory"
-                } else {
-                    "a regular file or other"
-                }
-            )))
-        }
+        Ok(m) => return Err(err(SocketError::NotASocket { is_dir: m.is_dir() })),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e.to_string())),
+        Err(e) => return Err(err(e.into())),
     }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        return Err(err(format!(
-            "directory {} does not exist (systemd: RuntimeDirectory=kestrel)",
-            dir.display()
-        )));
+        return Err(err(SocketError::NoDirectory(dir.to_path_buf())));
     }
     let name = path
         .file_name()
@@ -269,27 +288,29 @@ fn bind(cfg: &PublishConfig) -> Result<(UnixListener, (u64, u64)), PublishError>
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(|e| err(format!("cannot bind: {e}")))?;
-    let cleanup = |e: String| {
+    let listener = UnixListener::bind(&tmp).map_err(|e| err(SocketError::Bind(e)))?;
+    let cleanup = |e: SocketError| {
         let _ = std::fs::remove_file(&tmp);
         err(e)
     };
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660)).map_err(|e| cleanup(e.to_string()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660)).map_err(|e| cleanup(e.into()))?;
     if !cfg.group.is_empty() {
-        let gid = group_id(&cfg.group).ok_or_else(|| cleanup(format!("unknown group {:?}", cfg.group)))?;
-        let current = std::fs::symlink_metadata(&tmp)
-            .map_err(|e| cleanup(e.to_string()))?
-            .gid();
+        let gid = group_id(&cfg.group).ok_or_else(|| cleanup(SocketError::UnknownGroup(cfg.group.clone())))?;
+        let current = std::fs::symlink_metadata(&tmp).map_err(|e| cleanup(e.into()))?.gid();
         // Already ours (the usual case under systemd, where the service's own group is the socket group): no
         // chown, which the unit's system-call filter (`~@privileged` includes `@chown`) would refuse.
         if current != gid {
-            std::os::unix::fs::chown(&tmp, None, Some(gid))
-                .map_err(|e| cleanup(format!("chown to {}: {e}", cfg.group)))?;
+            std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(|source| {
+                cleanup(SocketError::Chown {
+                    group: cfg.group.clone(),
+                    source,
+                })
+            })?;
         }
     }
-    std::fs::rename(&tmp, path).map_err(|e| cleanup(format!("rename into place: {e}")))?;
-    let m = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
-    listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| cleanup(SocketError::Rename(e)))?;
+    let m = std::fs::symlink_metadata(path).map_err(|e| err(e.into()))?;
+    listener.set_nonblocking(true).map_err(|e| err(e.into()))?;
     Ok((listener, (m.dev(), m.ino())))
 }
 

@@ -120,9 +120,9 @@ fn apply_reload(
     notifier: &mut Notifier,
 ) {
     notifier.reloading();
-    let outcome = match read() {
-        Ok(new) => reload.apply(new).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let outcome: Result<_, Box<dyn std::error::Error>> = match read() {
+        Ok(new) => reload.apply(new).map_err(Into::into),
+        Err(e) => Err(e.into()),
     };
     let text = match outcome {
         Ok(changes) if changes.is_empty() => {

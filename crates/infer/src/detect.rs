@@ -214,9 +214,9 @@ impl ImageDetector {
             }
         }
         .map_err(|e| match e {
-            DetectError::Preprocess(PreprocessError::Jpeg(reason)) => DetectError::Decode {
+            DetectError::Preprocess(PreprocessError::Jpeg(e)) => DetectError::Decode {
                 path: name.to_string(),
-                source: DecodeError::Corrupt { format: "JPEG", reason },
+                source: DecodeError::Jpeg(e),
             },
             other => other,
         })?;

@@ -25,6 +25,38 @@ pub enum CacheError {
     Empty { dir: PathBuf },
 }
 
+/// Why a cache entry cannot be used (it is then discarded).
+#[derive(Debug, Error)]
+pub enum InvalidEntry {
+    #[error("{MANIFEST}: {0}")]
+    ReadManifest(#[source] std::io::Error),
+    #[error("{MANIFEST} does not parse: {0}")]
+    ParseManifest(#[source] serde_json::Error),
+    #[error("{MANIFEST} format {0} (expected {FORMAT})")]
+    Format(u32),
+    #[error("{MANIFEST} is for another key ({})", .0.describe())]
+    OtherKey(Box<EngineKey>),
+    #[error("{MANIFEST} lists no files")]
+    NoFiles,
+    #[error("bad file name {0:?}")]
+    BadName(String),
+    /// A listed file cannot be read.
+    #[error("{name}: {source}")]
+    File {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name}: size {size} (manifest: {expected})")]
+    Size { name: String, size: u64, expected: u64 },
+    #[error("{name}: sha256 {sha256} (manifest: {expected})")]
+    Sha256 {
+        name: String,
+        sha256: String,
+        expected: String,
+    },
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io {
         path: path.to_path_buf(),
@@ -183,7 +215,7 @@ pub enum Lookup {
     Missing,
     /// An entry was there but unusable; it has been removed.
     Discarded {
-        reason: String,
+        reason: InvalidEntry,
     },
 }
 
@@ -344,30 +376,42 @@ fn leftover(name: &str) -> Option<(&'static str, u32)> {
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((what, pid))
 }
 
-fn validate(dir: &Path, key: &EngineKey) -> Result<Manifest, String> {
-    let text = std::fs::read(dir.join(MANIFEST)).map_err(|e| format!("{MANIFEST}: {e}"))?;
-    let m: Manifest = serde_json::from_slice(&text).map_err(|e| format!("{MANIFEST} does not parse: {e}"))?;
+fn validate(dir: &Path, key: &EngineKey) -> Result<Manifest, InvalidEntry> {
+    let text = std::fs::read(dir.join(MANIFEST)).map_err(InvalidEntry::ReadManifest)?;
+    let m: Manifest = serde_json::from_slice(&text).map_err(InvalidEntry::ParseManifest)?;
     if m.format != FORMAT {
-        return Err(format!("{MANIFEST} format {} (expected {FORMAT})", m.format));
+        return Err(InvalidEntry::Format(m.format));
     }
     if &m.key != key {
-        return Err(format!("{MANIFEST} is for another key ({})", m.key.describe()));
+        return Err(InvalidEntry::OtherKey(Box::new(m.key)));
     }
     if m.files.is_empty() {
-        return Err(format!("{MANIFEST} lists no files"));
+        return Err(InvalidEntry::NoFiles);
     }
     for f in &m.files {
         if f.name.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(format!("bad file name {:?}", f.name));
+            return Err(InvalidEntry::BadName(f.name.clone()));
         }
         let p = dir.join(&f.name);
-        let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", f.name))?;
+        let file_err = |source| InvalidEntry::File {
+            name: f.name.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(&p).map_err(file_err)?;
         if meta.len() != f.size {
-            return Err(format!("{}: size {} (manifest: {})", f.name, meta.len(), f.size));
+            return Err(InvalidEntry::Size {
+                name: f.name.clone(),
+                size: meta.len(),
+                expected: f.size,
+            });
         }
-        let sha = sha256_file(&p).map_err(|e| format!("{}: {e}", f.name))?;
-        if sha != f.sha256 {
-            return Err(format!("{}: sha256 {sha} (manifest: {})", f.name, f.sha256));
+        let sha256 = sha256_file(&p).map_err(file_err)?;
+        if sha256 != f.sha256 {
+            return Err(InvalidEntry::Sha256 {
+                name: f.name.clone(),
+                sha256,
+                expected: f.sha256.clone(),
+            });
         }
     }
     Ok(m)
@@ -598,7 +642,7 @@ mod tests {
             let dir = built(&cache, &k, b"engine bytes");
             corrupt(&dir);
             match cache.lookup(&k) {
-                Lookup::Discarded { reason } => assert!(reason.contains(what), "{what}: {reason}"),
+                Lookup::Discarded { reason } => assert!(reason.to_string().contains(what), "{what}: {reason}"),
                 other => panic!("{what}: {other:?}"),
             }
             assert!(!dir.exists(), "{what}: the unusable entry is removed");

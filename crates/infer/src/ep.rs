@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
-use crate::engine_cache::{EngineCache, EngineKey, Lookup, Staging};
+use crate::engine_cache::{CacheError, EngineCache, EngineKey, Lookup, Staging};
 
 /// An execution provider, in the names the config uses.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -214,12 +214,15 @@ impl Default for EpOptions {
 impl EpOptions {
     /// `kind` cannot be used because of `reason`: a refusal ([`EpError::Required`]) when it is `require_ep`,
     /// else a WARN and a record in `skipped`.
-    pub fn skip(&self, skipped: &mut Vec<Skipped>, kind: EpKind, reason: String) -> Result<(), EpError> {
+    pub fn skip(&self, skipped: &mut Vec<Skipped>, kind: EpKind, reason: SkipReason) -> Result<(), EpError> {
         if self.require == Some(kind) {
             return Err(EpError::Required { kind, reason });
         }
         log::warn!("execution provider {kind} skipped: {reason}");
-        skipped.push(Skipped { kind, reason });
+        skipped.push(Skipped {
+            kind,
+            reason: reason.to_string(),
+        });
         Ok(())
     }
 
@@ -314,11 +317,71 @@ pub enum EpError {
         "runtime.require_ep = \"{kind}\": the {kind} execution provider cannot be used: {reason}. Refusing to start \
          (remove require_ep to run on the next provider instead)"
     )]
-    Required { kind: EpKind, reason: String },
-    #[error("cannot create an ONNX Runtime session for {path}: {reason}")]
-    Session { path: PathBuf, reason: String },
+    Required {
+        kind: EpKind,
+        #[source]
+        reason: SkipReason,
+    },
     #[error("engine cache: {0}")]
-    Cache(String),
+    Cache(#[from] CacheError),
+}
+
+/// Why a listed provider is not used. Its text is [`Skipped::reason`] (or the [`EpError::Required`] refusal).
+#[derive(Debug, Error)]
+pub enum SkipReason {
+    #[error(transparent)]
+    Precheck(#[from] PrecheckError),
+    #[error("cannot make the engine-cache key: {0}")]
+    EngineKey(#[source] KeyError),
+    #[error(
+        "no cached TensorRT engine for {} (runtime.missing_engine = \"next_ep\"; build one with \
+         `kestrel build-engine`)",
+        .0.describe()
+    )]
+    NoEngine(Box<EngineKey>),
+    #[error("registration failed: {0}")]
+    Registration(#[source] ort::Error),
+    #[error("session creation failed with it: {0}")]
+    SessionCreation(#[source] ort::Error),
+}
+
+/// Why a provider cannot be used on this machine ([`precheck`]), in words a user can act on.
+#[derive(Debug, Error, PartialEq)]
+pub enum PrecheckError {
+    #[error(
+        "the ONNX Runtime loaded from {} was built without the {} execution provider (it has: {}); use a \
+         GPU build (onnxruntime-gpu, or JetPack's) via runtime.ort_lib",
+        library.display(),
+        kind.name(),
+        available.join(", ")
+    )]
+    NotBuiltIn {
+        library: PathBuf,
+        kind: EpKind,
+        available: Vec<String>,
+    },
+    /// [`Facts::cuda`]'s reason.
+    #[error("CUDA is not usable: {0}")]
+    Cuda(String),
+    /// [`Facts::tensorrt`]'s reason.
+    #[error("TensorRT is not usable: {0}")]
+    TensorRt(String),
+}
+
+/// Why the TensorRT engine-cache key cannot be made ([`engine_key`]).
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("no CUDA device {device} (found {found})")]
+    NoDevice { device: u32, found: usize },
+    /// [`Facts::tensorrt`]'s reason.
+    #[error("{0}")]
+    TensorRt(String),
+    #[error("{path}: {source}")]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A provider that was skipped and why.
@@ -423,24 +486,20 @@ pub struct Facts<'a> {
 }
 
 /// Can `kind` be used here? `Err` says why not, in words a user can act on. Pure.
-pub fn precheck(kind: EpKind, f: &Facts<'_>) -> Result<(), String> {
+pub fn precheck(kind: EpKind, f: &Facts<'_>) -> Result<(), PrecheckError> {
     if kind == EpKind::Cpu {
         return Ok(());
     }
     if !f.available.iter().any(|a| a == kind.ort_name()) {
-        return Err(format!(
-            "the ONNX Runtime loaded from {} was built without the {} execution provider (it has: {}); use a \
-             GPU build (onnxruntime-gpu, or JetPack's) via runtime.ort_lib",
-            f.library.display(),
-            kind.name(),
-            f.available.join(", ")
-        ));
+        return Err(PrecheckError::NotBuiltIn {
+            library: f.library.to_path_buf(),
+            kind,
+            available: f.available.to_vec(),
+        });
     }
-    f.cuda.as_ref().map_err(|e| format!("CUDA is not usable: {e}"))?;
+    f.cuda.as_ref().map_err(|e| PrecheckError::Cuda(e.clone()))?;
     if kind == EpKind::Tensorrt {
-        f.tensorrt
-            .as_ref()
-            .map_err(|e| format!("TensorRT is not usable: {e}"))?;
+        f.tensorrt.as_ref().map_err(|e| PrecheckError::TensorRt(e.clone()))?;
     }
     Ok(())
 }
@@ -579,14 +638,20 @@ pub fn engine_key(
     ort_version: &str,
     m: &ModelFacts<'_>,
     facts: &Facts<'_>,
-) -> Result<EngineKey, String> {
+) -> Result<EngineKey, KeyError> {
     let (_, gpu_name, cc) = facts
         .gpus
         .iter()
         .find(|g| g.0 == t.device_id)
-        .ok_or_else(|| format!("no CUDA device {} (found {})", t.device_id, facts.gpus.len()))?;
-    let tensorrt_version = facts.tensorrt.clone()?;
-    let model_sha256 = crate::engine_cache::sha256_file(m.path).map_err(|e| format!("{}: {e}", m.path.display()))?;
+        .ok_or(KeyError::NoDevice {
+            device: t.device_id,
+            found: facts.gpus.len(),
+        })?;
+    let tensorrt_version = facts.tensorrt.clone().map_err(KeyError::TensorRt)?;
+    let model_sha256 = crate::engine_cache::sha256_file(m.path).map_err(|source| KeyError::Model {
+        path: m.path.to_path_buf(),
+        source,
+    })?;
     Ok(EngineKey {
         model_sha256,
         ort_version: ort_version.to_string(),
@@ -644,10 +709,10 @@ pub fn plan(opts: &EpOptions, facts: &Facts<'_>, ort_version: &str, model: &Mode
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
     let mut engine = None;
-    let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: String| opts.skip(skipped, kind, reason);
+    let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: SkipReason| opts.skip(skipped, kind, reason);
     for &kind in &opts.providers {
         if let Err(reason) = precheck(kind, facts) {
-            skip(&mut skipped, kind, reason)?;
+            skip(&mut skipped, kind, reason.into())?;
             continue;
         }
         match kind {
@@ -663,11 +728,7 @@ pub fn plan(opts: &EpOptions, facts: &Facts<'_>, ort_version: &str, model: &Mode
                 let key = match engine_key(&opts.tensorrt, ort_version, model, facts) {
                     Ok(k) => k,
                     Err(reason) => {
-                        skip(
-                            &mut skipped,
-                            kind,
-                            format!("cannot make the engine-cache key: {reason}"),
-                        )?;
+                        skip(&mut skipped, kind, SkipReason::EngineKey(reason))?;
                         continue;
                     }
                 };
@@ -691,19 +752,11 @@ pub fn plan(opts: &EpOptions, facts: &Facts<'_>, ort_version: &str, model: &Mode
                         EngineState::Cached { dir }
                     }
                     Lookup::Missing | Lookup::Discarded { .. } if opts.missing_engine == MissingEngine::NextEp => {
-                        skip(
-                            &mut skipped,
-                            kind,
-                            format!(
-                                "no cached TensorRT engine for {} (runtime.missing_engine = \"next_ep\"; build one \
-                                 with `kestrel build-engine`)",
-                                key.describe()
-                            ),
-                        )?;
+                        skip(&mut skipped, kind, SkipReason::NoEngine(Box::new(key)))?;
                         continue;
                     }
                     Lookup::Missing | Lookup::Discarded { .. } => {
-                        let staging = cache.begin(&key).map_err(|e| EpError::Cache(e.to_string()))?;
+                        let staging = cache.begin(&key)?;
                         log::warn!(
                             "no cached TensorRT engine for {}: building it now (minutes on a Jetson; \
                              `kestrel build-engine` does this ahead of flight)",
@@ -750,7 +803,7 @@ mod tests {
         let cpu_only = vec!["CPUExecutionProvider".to_string()];
         let f = facts(&cpu_only, Ok("driver 12.2"), Ok("10.3.0"));
         assert_eq!(precheck(EpKind::Cpu, &f), Ok(()));
-        let e = precheck(EpKind::Cuda, &f).unwrap_err();
+        let e = precheck(EpKind::Cuda, &f).unwrap_err().to_string();
         assert!(
             e.contains("built without the cuda execution provider") && e.contains("CPUExecutionProvider"),
             "{e}"
@@ -763,7 +816,7 @@ mod tests {
             "CPUExecutionProvider".to_string(),
         ];
         let f = facts(&gpu, Err("CUDA driver library not found (libcuda.so.1)"), Ok("10.3.0"));
-        let e = precheck(EpKind::Cuda, &f).unwrap_err();
+        let e = precheck(EpKind::Cuda, &f).unwrap_err().to_string();
         assert!(e.starts_with("CUDA is not usable") && e.contains("libcuda.so.1"), "{e}");
         let f = facts(
             &gpu,
@@ -771,7 +824,7 @@ mod tests {
             Err("TensorRT library not found (libnvinfer.so.10)"),
         );
         assert_eq!(precheck(EpKind::Cuda, &f), Ok(()));
-        let e = precheck(EpKind::Tensorrt, &f).unwrap_err();
+        let e = precheck(EpKind::Tensorrt, &f).unwrap_err().to_string();
         assert!(e.contains("TensorRT is not usable") && e.contains("libnvinfer"), "{e}");
         let f = facts(&gpu, Ok("driver 12.2"), Ok("10.3.0"));
         assert_eq!(precheck(EpKind::Tensorrt, &f), Ok(()));

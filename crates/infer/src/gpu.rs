@@ -6,10 +6,14 @@ use std::ffi::{c_char, c_int, CStr};
 use std::sync::OnceLock;
 use thiserror::Error;
 
-#[derive(Clone, Debug, Error, PartialEq)]
+#[derive(Debug, Error)]
 pub enum GpuError {
-    #[error("CUDA driver library not found (tried {}: {reason}); is the NVIDIA driver installed?", .tried.join(", "))]
-    DriverMissing { tried: Vec<String>, reason: String },
+    #[error("CUDA driver library not found (tried {}: {source}); is the NVIDIA driver installed?", .tried.join(", "))]
+    DriverMissing {
+        tried: Vec<String>,
+        #[source]
+        source: libloading::Error,
+    },
     #[error("{call} failed: {} ({code})", .name.as_deref().unwrap_or("CUDA error"))]
     Cuda {
         call: &'static str,
@@ -18,13 +22,18 @@ pub enum GpuError {
     },
     #[error("no CUDA device found")]
     NoDevice,
-    #[error("TensorRT library not found (tried {}: {reason})", .tried.join(", "))]
-    TensorRtMissing { tried: Vec<String>, reason: String },
-    #[error("{library}: symbol {symbol} missing: {reason}")]
+    #[error("TensorRT library not found (tried {}: {source})", .tried.join(", "))]
+    TensorRtMissing {
+        tried: Vec<String>,
+        #[source]
+        source: libloading::Error,
+    },
+    #[error("{library}: symbol {symbol} missing: {source}")]
     Symbol {
         library: String,
         symbol: &'static str,
-        reason: String,
+        #[source]
+        source: libloading::Error,
     },
 }
 
@@ -64,14 +73,15 @@ pub struct TensorRtInfo {
 const CUDA_LIBS: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
 const TRT_LIBS: [&str; 3] = ["libnvinfer.so.10", "libnvinfer.so.8", "libnvinfer.so"];
 
-fn open_first(names: &[&str]) -> Result<(libloading::Library, String), (Vec<String>, String)> {
-    let mut last = String::new();
+/// The first of `names` that loads; else every name tried and the last one's error.
+fn open_first(names: &[&str]) -> Result<(libloading::Library, String), (Vec<String>, libloading::Error)> {
+    let mut last = libloading::Error::DlOpenUnknown;
     for n in names {
         // SAFETY: loading a shared library runs its initialisers; the CUDA driver and TensorRT libraries are
         // designed to be dlopen()ed by applications (ONNX Runtime's providers do the same).
         match unsafe { libloading::Library::new(*n) } {
             Ok(lib) => return Ok((lib, n.to_string())),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = e,
         }
     }
     Err((names.iter().map(|s| s.to_string()).collect(), last))
@@ -108,16 +118,16 @@ fn symbol<T: Copy>(lib: &libloading::Library, library: &str, name: &'static str)
     // SAFETY: every `T` used here is the exact C signature of the named CUDA driver / TensorRT entry point.
     unsafe { lib.get::<T>(cname.as_bytes()) }
         .map(|s| *s)
-        .map_err(|e| GpuError::Symbol {
+        .map_err(|source| GpuError::Symbol {
             library: library.to_string(),
             symbol: name,
-            reason: e.to_string(),
+            source,
         })
 }
 
 /// Probe the CUDA driver (not cached; see [`cuda`]).
 pub fn probe_cuda() -> Result<CudaInfo, GpuError> {
-    let (lib, library) = open_first(&CUDA_LIBS).map_err(|(tried, reason)| GpuError::DriverMissing { tried, reason })?;
+    let (lib, library) = open_first(&CUDA_LIBS).map_err(|(tried, source)| GpuError::DriverMissing { tried, source })?;
     // Never unloaded, on success or failure: once cuInit has run, the driver has threads and state that a
     // dlclose would pull the code from under (and ONNX Runtime's CUDA provider uses the same library).
     let lib = std::mem::ManuallyDrop::new(lib);
@@ -200,7 +210,7 @@ pub fn cuda() -> &'static Result<CudaInfo, GpuError> {
 /// Probe TensorRT's library and version (not cached; see [`tensorrt`]).
 pub fn probe_tensorrt() -> Result<TensorRtInfo, GpuError> {
     let (lib, library) =
-        open_first(&TRT_LIBS).map_err(|(tried, reason)| GpuError::TensorRtMissing { tried, reason })?;
+        open_first(&TRT_LIBS).map_err(|(tried, source)| GpuError::TensorRtMissing { tried, source })?;
     // Kept loaded: libnvinfer is large (loading it again costs seconds on a Jetson) and ONNX Runtime's TensorRT
     // provider loads the same library; unloading it between the two gains nothing.
     let lib = std::mem::ManuallyDrop::new(lib);
@@ -271,9 +281,9 @@ mod tests {
                     .iter()
                     .all(|d| !d.name.is_empty() && d.compute_capability.0 > 0));
             }
-            Err(GpuError::DriverMissing { tried, reason }) => {
+            Err(GpuError::DriverMissing { tried, source }) => {
                 assert_eq!(tried[0], "libcuda.so.1");
-                let msg = GpuError::DriverMissing { tried, reason }.to_string();
+                let msg = GpuError::DriverMissing { tried, source }.to_string();
                 assert!(msg.contains("libcuda.so.1") && msg.contains("NVIDIA driver"), "{msg}");
             }
             Err(e) => assert!(!e.to_string().is_empty()),

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use kestrel_vision::tensor::{TensorData, TensorMut};
 
-use crate::ep::{EpError, EpKind, EpOptions, Selection, Skipped};
+use crate::ep::{EpError, EpKind, EpOptions, Selection, SkipReason, Skipped};
 use crate::runtime::Runtime;
 use kestrel_vision::labels::{self, LabelsError};
 use kestrel_vision::yolo::{self, Candidate, OutputLayout, YoloError};
@@ -23,20 +23,52 @@ pub const DEFAULT_DYNAMIC_SIZE: u32 = 640;
 pub enum ModelError {
     #[error("model file {0} not found (run scripts/setup.sh to build the default model, or pass --model)")]
     NotFound(PathBuf),
-    #[error("cannot load model {path}: {reason}")]
-    Load { path: PathBuf, reason: String },
+    #[error("cannot load model {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: SessionError,
+    },
     #[error("model {path}: unsupported input: {reason}")]
-    Input { path: PathBuf, reason: String },
+    Input { path: PathBuf, reason: Unsupported },
     #[error("model {path}: unsupported output: {source}")]
     Output { path: PathBuf, source: YoloError },
     #[error("model {path}: unsupported output: {reason}")]
-    OutputType { path: PathBuf, reason: String },
+    OutputType { path: PathBuf, reason: Unsupported },
     #[error("inference failed: {0}")]
-    Run(String),
+    Run(#[source] ort::Error),
+    #[error("inference failed: output {0} missing")]
+    MissingOutput(String),
     #[error(transparent)]
     Labels(#[from] LabelsError),
     #[error(transparent)]
     Ep(#[from] EpError),
+}
+
+/// Why ONNX Runtime could not make a session of a model file (or read its input shape).
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Ort(#[from] ort::Error),
+    #[error("the model's first input is not a tensor")]
+    InputNotTensor,
+    #[error("input of rank {0}, expected 4")]
+    InputRank(usize),
+}
+
+/// What a model's input or output has that Kestrel cannot use.
+#[derive(Debug, Error)]
+pub enum Unsupported {
+    #[error("expected exactly one input, the model has {0}")]
+    InputCount(usize),
+    #[error("the model has no outputs")]
+    NoOutputs,
+    #[error("input and output must be tensors")]
+    NotTensors,
+    #[error("element type {0:?}, expected float32 or float16")]
+    ElementType(TensorElementType),
+    #[error("shape {0:?}; expected [1, 3, H, W] (NCHW RGB, fixed H and W, or both dynamic)")]
+    InputShape(Vec<i64>),
 }
 
 /// Element type of the model's input (and output) tensors.
@@ -242,21 +274,20 @@ fn base_builder(rt: &Runtime, opts: &SessionOptions) -> ort::Result<SessionBuild
 
 /// The model's input shape as the engine-cache key wants it (N, C, H, W; 0 for dynamic), read from a
 /// session without optimisation (cheap: no kernels are prepared).
-pub fn input_shape_of(rt: &Runtime, path: &Path) -> Result<[u32; 4], String> {
+pub fn input_shape_of(rt: &Runtime, path: &Path) -> Result<[u32; 4], SessionError> {
     let s = Session::builder(&rt.env)
         .and_then(|b| {
             b.with_optimization_level(GraphOptimizationLevel::Disable)
                 .map_err(Into::into)
         })
-        .and_then(|mut b| b.commit_from_file(path))
-        .map_err(|e| e.to_string())?;
+        .and_then(|mut b| b.commit_from_file(path))?;
     let Some(ValueType::Tensor { shape, .. }) = s.inputs().first().map(|i| i.dtype()) else {
-        return Err("the model's first input is not a tensor".into());
+        return Err(SessionError::InputNotTensor);
     };
     let d: Vec<u32> = shape.iter().map(|v| u32::try_from(*v).unwrap_or(0)).collect();
     match d[..] {
         [n, c, h, w] => Ok([n, c, h, w]),
-        _ => Err(format!("input of rank {}, expected 4", d.len())),
+        _ => Err(SessionError::InputRank(d.len())),
     }
 }
 
@@ -268,16 +299,16 @@ fn open_session(
     opts: &SessionOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(Session, Selection), ModelError> {
-    let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
+    let load_err = |e: SessionError| ModelError::Load {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: e,
     };
     let ep = &opts.ep;
     let available = crate::ep::available_providers();
     let facts = crate::ep::probe_facts(&available, &rt.library, &ep.providers);
     let needs_shape = ep.providers.contains(&EpKind::Tensorrt) && crate::ep::precheck(EpKind::Tensorrt, &facts).is_ok();
     let input_shape = if needs_shape {
-        input_shape_of(rt, path).map_err(|e| load_err(&e))?
+        input_shape_of(rt, path).map_err(load_err)?
     } else {
         [0; 4]
     };
@@ -285,7 +316,7 @@ fn open_session(
     let mut plan = crate::ep::plan(ep, &facts, &rt.version, &model)?;
     let mut skipped = std::mem::take(&mut plan.skipped);
     let mut entries = plan.entries;
-    let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: String| -> Result<(), ModelError> {
+    let skip = |skipped: &mut Vec<Skipped>, kind: EpKind, reason: SkipReason| -> Result<(), ModelError> {
         Ok(ep.skip(skipped, kind, reason)?)
     };
     let building = plan
@@ -297,7 +328,7 @@ fn open_session(
         crate::ep::Ticker::start("building TensorRT engine".into(), std::time::Duration::from_secs(10))
     });
     loop {
-        let mut builder = base_builder(rt, opts).map_err(|e| load_err(&e))?;
+        let mut builder = base_builder(rt, opts).map_err(|e| load_err(e.into()))?;
         let mut registered = Vec::new();
         let mut failed = None;
         for (kind, dispatch) in &entries {
@@ -307,7 +338,8 @@ fn open_session(
                     registered.push(*kind);
                 }
                 Err(e) => {
-                    let reason = format!("registration failed: {e}");
+                    // The builder comes back only by giving the error up: keep a copy of it.
+                    let reason = SkipReason::Registration(ort::Error::new_with_code(e.code(), e.message()));
                     builder = e.recover();
                     failed = Some((*kind, reason));
                     break;
@@ -337,9 +369,9 @@ fn open_session(
             Err(e) => match entries.iter().position(|(k, _)| *k != EpKind::Cpu) {
                 Some(i) => {
                     let kind = entries.remove(i).0;
-                    skip(&mut skipped, kind, format!("session creation failed with it: {e}"))?;
+                    skip(&mut skipped, kind, SkipReason::SessionCreation(e))?;
                 }
-                None => return Err(load_err(&e)),
+                None => return Err(load_err(e.into())),
             },
         }
     }
@@ -368,27 +400,19 @@ impl Detector {
             return Err(ModelError::NotFound(path.to_path_buf()));
         }
         let (session, mut selection) = open_session(rt, path, opts, progress)?;
-        let load_err = |e: &dyn std::fmt::Display| ModelError::Load {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
-
-        let input_err = |reason: String| ModelError::Input {
+        let input_err = |reason: Unsupported| ModelError::Input {
             path: path.to_path_buf(),
             reason,
         };
-        let out_err = |reason: String| ModelError::OutputType {
+        let out_err = |reason: Unsupported| ModelError::OutputType {
             path: path.to_path_buf(),
             reason,
         };
         let [input] = session.inputs() else {
-            return Err(input_err(format!(
-                "expected exactly one input, the model has {}",
-                session.inputs().len()
-            )));
+            return Err(input_err(Unsupported::InputCount(session.inputs().len())));
         };
         let Some(output) = session.outputs().first() else {
-            return Err(out_err("the model has no outputs".into()));
+            return Err(out_err(Unsupported::NoOutputs));
         };
         let (
             ValueType::Tensor {
@@ -403,13 +427,11 @@ impl Detector {
             },
         ) = (input.dtype(), output.dtype())
         else {
-            return Err(input_err("input and output must be tensors".into()));
+            return Err(input_err(Unsupported::NotTensors));
         };
         let in_shape: Vec<i64> = in_shape.iter().copied().collect();
-        let input_precision = precision_of(*in_ty)
-            .ok_or_else(|| input_err(format!("element type {in_ty:?}, expected float32 or float16")))?;
-        let output_precision = precision_of(*out_ty)
-            .ok_or_else(|| out_err(format!("element type {out_ty:?}, expected float32 or float16")))?;
+        let input_precision = precision_of(*in_ty).ok_or_else(|| input_err(Unsupported::ElementType(*in_ty)))?;
+        let output_precision = precision_of(*out_ty).ok_or_else(|| out_err(Unsupported::ElementType(*out_ty)))?;
 
         let (meta_imgsz, meta_names) = match session.metadata() {
             Ok(m) => (m.custom("imgsz"), m.custom("names")),
@@ -425,11 +447,7 @@ impl Detector {
                 log::info!("model input is dynamic {in_shape:?}; using {w}x{h}");
                 (h, w)
             }
-            _ => {
-                return Err(input_err(format!(
-                    "shape {in_shape:?}; expected [1, 3, H, W] (NCHW RGB, fixed H and W, or both dynamic)"
-                )))
-            }
+            _ => return Err(input_err(Unsupported::InputShape(in_shape))),
         };
 
         let (labels, labels_source) = match labels_path {
@@ -459,7 +477,12 @@ impl Detector {
             _ => input_precision.name().to_string(),
         };
         let binding = if opts.io_binding {
-            Some(Binding::new(&session, selection.active, &opts.ep).map_err(|e| load_err(&e))?)
+            Some(
+                Binding::new(&session, selection.active, &opts.ep).map_err(|e| ModelError::Load {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                })?,
+            )
         } else {
             None
         };
@@ -559,7 +582,7 @@ impl Detector {
             self.info.input_height as usize,
             self.info.input_width as usize,
         ];
-        let run_err = |e: ort::Error| ModelError::Run(e.to_string());
+        let run_err = ModelError::Run;
         let name = self.info.input_name.as_str();
         let outputs = match (input, self.binding.as_mut()) {
             (InputTensor::BoundF32(t), Some(b)) => {
@@ -584,7 +607,7 @@ impl Detector {
         .map_err(run_err)?;
         let value = outputs
             .get(self.info.output_name.as_str())
-            .ok_or_else(|| ModelError::Run(format!("output {} missing", self.info.output_name)))?;
+            .ok_or_else(|| ModelError::MissingOutput(self.info.output_name.clone()))?;
         match self.info.output_precision {
             Precision::F32 => {
                 let (s, data) = value.try_extract_tensor::<f32>().map_err(run_err)?;

@@ -45,19 +45,32 @@ impl std::fmt::Display for Origin {
 }
 
 /// One place looked at and what happened there.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Attempt {
     pub origin: Origin,
     pub path: PathBuf,
-    pub outcome: String,
+    pub outcome: LibraryError,
+}
+
+/// Why one candidate library was not loaded.
+#[derive(Debug, Error)]
+pub enum LibraryError {
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Load(#[from] ort::LoadDynamicError),
 }
 
 #[derive(Debug, Error)]
 pub enum RuntimeError {
     #[error("{}", not_found_message(.attempts))]
     NotFound { attempts: Vec<Attempt> },
-    #[error("ONNX Runtime loaded from {path} but could not create its environment: {reason}")]
-    Environment { path: PathBuf, reason: String },
+    #[error("ONNX Runtime loaded from {path} but could not create its environment: {source}")]
+    Environment {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
 }
 
 fn not_found_message(attempts: &[Attempt]) -> String {
@@ -179,11 +192,12 @@ fn push_dir(out: &mut Vec<(Origin, PathBuf)>, origin: Origin, dir: &Path) {
     }
 }
 
-fn try_load(path: &Path) -> Result<(), String> {
+fn try_load(path: &Path) -> Result<(), LibraryError> {
     if !path.exists() {
-        return Err("not found".into());
+        return Err(LibraryError::NotFound);
     }
-    ort::init_from(path).map(|_| ()).map_err(|e| e.to_string())
+    ort::init_from(path)?;
+    Ok(())
 }
 
 /// Load ONNX Runtime once per process (later calls return the same runtime).
@@ -220,9 +234,9 @@ pub fn init(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
                 let env = ort::init()
                     .with_name("kestrel")
                     .build()
-                    .map_err(|e| RuntimeError::Environment {
+                    .map_err(|source| RuntimeError::Environment {
                         path: path.clone(),
-                        reason: e.to_string(),
+                        source,
                     })?;
                 let version = library_version(&path).unwrap_or_else(|| "unknown".into());
                 log::info!("ONNX Runtime {version} loaded from {} ({origin})", path.display());
@@ -297,12 +311,14 @@ mod tests {
             Attempt {
                 origin: Origin::EnvVar,
                 path: "/nope/libonnxruntime.so".into(),
-                outcome: "not found".into(),
+                outcome: LibraryError::NotFound,
             },
             Attempt {
                 origin: Origin::PythonPackage,
                 path: "/usr/lib/x".into(),
-                outcome: "bad ELF".into(),
+                outcome: LibraryError::Load(ort::LoadDynamicError::MissingApi {
+                    path: "/usr/lib/x".into(),
+                }),
             },
         ];
         let msg = RuntimeError::NotFound { attempts }.to_string();
@@ -311,7 +327,7 @@ mod tests {
             "{msg}"
         );
         assert!(
-            msg.contains("/usr/lib/x [Python onnxruntime package]: bad ELF"),
+            msg.contains("/usr/lib/x [Python onnxruntime package]: /usr/lib/x does not export `OrtGetApiBase`"),
             "{msg}"
         );
         assert!(msg.contains("scripts/fetch-onnxruntime.sh"), "{msg}");

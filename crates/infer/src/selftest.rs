@@ -21,8 +21,12 @@ pub enum SelfTestError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     /// Not valid JSON, truncated, or not the golden-file schema (unknown or missing fields).
-    #[error("golden file {path} is corrupt: {message} (regenerate it with `kestrel golden`)")]
-    Parse { path: PathBuf, message: String },
+    #[error("golden file {path} is corrupt: {source} (regenerate it with `kestrel golden`)")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     /// A format version this build does not read.
     #[error("golden file {path}: format {found}, this kestrel reads format {GOLDEN_FORMAT}")]
     Format { path: PathBuf, found: u32 },
@@ -36,13 +40,57 @@ pub enum SelfTestError {
         expected: String,
         computed: String,
     },
-    /// Parsed and checksummed but unusable (no images, a bad detection, a bad image path or threshold), or a
-    /// golden image whose bytes changed.
+    /// Parsed and checksummed but unusable (no images, a bad detection, a bad image path or threshold).
     #[error("golden file {path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Invalid { path: PathBuf, reason: Unusable },
+    /// The detector for the self-test could not be set up.
+    #[error("golden file {path}: {source}")]
+    Detector {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::detect::DetectError>,
+    },
+    /// A golden image whose bytes changed, or that does not go through the detector.
+    #[error("golden file {path}: golden image {image}: {source}")]
+    Image {
+        path: PathBuf,
+        image: PathBuf,
+        #[source]
+        source: Box<GoldenImageError>,
+    },
     /// The golden file could not be written.
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+}
+
+/// What makes a parsed, checksummed golden file unusable.
+#[derive(Debug, Error)]
+pub enum Unusable {
+    #[error("reference {name} {value} is not in 0..=1")]
+    Threshold { name: &'static str, value: f32 },
+    #[error("no images")]
+    NoImages,
+    #[error("image path {0:?} must be relative, below the file")]
+    ImagePath(String),
+    #[error("{file}: bad detection {detection}")]
+    Detection { file: String, detection: LabelledDetection },
+}
+
+/// Why one golden image failed (not a mismatch: the test cannot run on it).
+#[derive(Debug, Error)]
+pub enum GoldenImageError {
+    #[error(transparent)]
+    Changed(#[from] ImageChanged),
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectError),
+}
+
+/// A golden image's bytes are not the ones the reference was made from.
+#[derive(Debug, Error, PartialEq)]
+#[error("sha256 {got}, the golden file says {expected} (image changed or replaced)")]
+pub struct ImageChanged {
+    pub got: String,
+    pub expected: String,
 }
 
 impl std::fmt::Display for LabelledDetection {
@@ -185,9 +233,9 @@ impl GoldenFile {
             path: path.to_path_buf(),
             source,
         })?;
-        let g: GoldenFile = serde_json::from_slice(&text).map_err(|e| SelfTestError::Parse {
+        let g: GoldenFile = serde_json::from_slice(&text).map_err(|source| SelfTestError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         })?;
         if g.format != GOLDEN_FORMAT {
             return Err(SelfTestError::Format {
@@ -203,30 +251,30 @@ impl GoldenFile {
                 computed,
             });
         }
-        let invalid = |reason: String| SelfTestError::Invalid {
+        let invalid = |reason: Unusable| SelfTestError::Invalid {
             path: path.to_path_buf(),
             reason,
         };
-        for (name, v) in [("conf", g.reference.conf), ("iou", g.reference.iou)] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(invalid(format!("reference {name} {v} is not in 0..=1")));
+        for (name, value) in [("conf", g.reference.conf), ("iou", g.reference.iou)] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(invalid(Unusable::Threshold { name, value }));
             }
         }
         if g.images.is_empty() {
-            return Err(invalid("no images".into()));
+            return Err(invalid(Unusable::NoImages));
         }
         for img in &g.images {
             if img.file.is_empty() || img.file.starts_with('/') || img.file.split('/').any(|c| c == "..") {
-                return Err(invalid(format!(
-                    "image path {:?} must be relative, below the file",
-                    img.file
-                )));
+                return Err(invalid(Unusable::ImagePath(img.file.clone())));
             }
             for d in &img.detections {
                 let b = d.bbox;
                 let finite = d.score.is_finite() && b.0.iter().all(|v| v.is_finite());
                 if !(finite && (0.0..=1.0).contains(&d.score)) || b[0] > b[2] || b[1] > b[3] {
-                    return Err(invalid(format!("{}: bad detection {d}", img.file)));
+                    return Err(invalid(Unusable::Detection {
+                        file: img.file.clone(),
+                        detection: d.clone(),
+                    }));
                 }
             }
         }
@@ -241,15 +289,15 @@ impl GoldenFile {
 
 /// The image's bytes must be the ones the reference was made from (SHA-256 equal to `img.sha256`); the error
 /// says both hashes.
-pub fn verify_image_bytes(img: &GoldenImage, bytes: &[u8]) -> Result<(), String> {
+pub fn verify_image_bytes(img: &GoldenImage, bytes: &[u8]) -> Result<(), ImageChanged> {
     let got = sha256_hex(bytes);
     if got == img.sha256 {
         Ok(())
     } else {
-        Err(format!(
-            "sha256 {got}, the golden file says {} (image changed or replaced)",
-            img.sha256
-        ))
+        Err(ImageChanged {
+            got,
+            expected: img.sha256.clone(),
+        })
     }
 }
 
@@ -450,11 +498,11 @@ pub fn run(
         iou: golden.reference.iou,
         max_detections: 300,
     };
-    let invalid = |reason: String| SelfTestError::Invalid {
-        path: golden_path.to_path_buf(),
-        reason,
-    };
-    let mut det = crate::detect::ImageDetector::new(detector, thresholds).map_err(|e| invalid(e.to_string()))?;
+    let mut det =
+        crate::detect::ImageDetector::new(detector, thresholds).map_err(|source| SelfTestError::Detector {
+            path: golden_path.to_path_buf(),
+            source: Box::new(source),
+        })?;
     let mut images = Vec::new();
     for img in &golden.images {
         let path = golden.image_path(golden_path, img);
@@ -462,10 +510,15 @@ pub fn run(
             path: path.clone(),
             source,
         })?;
-        verify_image_bytes(img, &bytes).map_err(|e| invalid(format!("golden image {}: {e}", path.display())))?;
+        let image_err = |e: GoldenImageError| SelfTestError::Image {
+            path: golden_path.to_path_buf(),
+            image: path.clone(),
+            source: Box::new(e),
+        };
+        verify_image_bytes(img, &bytes).map_err(|e| image_err(e.into()))?;
         let report = det
             .detect_bytes(&path.display().to_string(), &bytes)
-            .map_err(|e| invalid(format!("golden image {}: {e}", path.display())))?;
+            .map_err(|e| image_err(e.into()))?;
         let got = &report.detections;
         images.push(ImageOutcome {
             file: img.file.clone(),
@@ -570,7 +623,10 @@ mod tests {
 
         let img = &file().images[0];
         assert!(verify_image_bytes(img, b"image").is_ok());
-        assert!(verify_image_bytes(img, b"imagf").unwrap_err().contains("changed"));
+        assert!(verify_image_bytes(img, b"imagf")
+            .unwrap_err()
+            .to_string()
+            .contains("changed"));
         assert_eq!(file().image_path(&p, img), t.path().join("golden/a.jpg"));
     }
 

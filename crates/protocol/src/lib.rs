@@ -44,18 +44,20 @@ pub enum Format {
     Binary,
 }
 
-#[derive(Debug, Error, PartialEq)]
+#[derive(Debug, Error)]
 pub enum ProtocolError {
     #[error("message is not valid JSON: {0}")]
-    Json(String),
+    Json(#[from] serde_json::Error),
     #[error("binary payload too short: {got} bytes, need {need}")]
     Short { got: usize, need: usize },
     #[error("binary payload of {0} bytes exceeds the limit")]
     TooLarge(usize),
     #[error("unsupported protocol version {0}")]
     Version(u8),
-    #[error("bad binary header: {0}")]
-    Header(String),
+    #[error("bad binary header: header {header} / record {record} bytes")]
+    HeaderSizes { header: usize, record: usize },
+    #[error("bad binary header: header length {0}")]
+    HeaderLength(usize),
 }
 
 /// Stage times in a message, milliseconds.
@@ -379,7 +381,7 @@ struct Tagged {
 }
 
 fn from_json<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<T, ProtocolError> {
-    serde_json::from_slice(line).map_err(|e| ProtocolError::Json(e.to_string()))
+    Ok(serde_json::from_slice(line)?)
 }
 
 /// Decode one JSON message (a line, with or without its `\n`).
@@ -460,7 +462,7 @@ pub fn decode_binary(p: &[u8], labels: &[String]) -> Result<Message, ProtocolErr
             let rec = usize::from(u16_at(p, 4));
             let count = usize::from(u16_at(p, 6));
             if header < DETECTIONS_HEADER_LEN || rec < DETECTION_RECORD_LEN {
-                return Err(ProtocolError::Header(format!("header {header} / record {rec} bytes")));
+                return Err(ProtocolError::HeaderSizes { header, record: rec });
             }
             let need = header + count * rec;
             if p.len() < need {
@@ -512,7 +514,7 @@ pub fn decode_binary(p: &[u8], labels: &[String]) -> Result<Message, ProtocolErr
         }
         TYPE_HELLO | TYPE_STATUS | TYPE_MISSED | TYPE_ERROR | TYPE_FORMAT => {
             if header < JSON_PAYLOAD_HEADER_LEN || header > p.len() {
-                return Err(ProtocolError::Header(format!("header length {header}")));
+                return Err(ProtocolError::HeaderLength(header));
             }
             decode_json(&p[header..])
         }
@@ -627,12 +629,19 @@ mod tests {
                 kind: "telemetry".into()
             }
         );
-        assert_eq!(
+        assert!(matches!(
             decode_json(br#"{"type":"status","v":2}"#),
             Err(ProtocolError::Version(2))
-        );
-        assert!(decode_json(b"not json").is_err());
-        assert!(decode_binary(&[2, 1, 68, 0, 32, 0, 5, 0], &[]).is_err());
+        ));
+        assert!(matches!(decode_json(b"not json"), Err(ProtocolError::Json(_))));
+        assert!(matches!(
+            decode_binary(&[2, 1, 68, 0, 32, 0, 5, 0], &[]),
+            Err(ProtocolError::Short { .. })
+        ));
+        let mut bad = [0u8; DETECTIONS_HEADER_LEN];
+        bad[..8].copy_from_slice(&[2, 1, 8, 0, 32, 0, 0, 0]);
+        let e = decode_binary(&bad, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "bad binary header: header 8 / record 32 bytes");
         assert!(decode_binary(&[2, 9, 0, 0], &[]).is_err());
         // extra trailing bytes and a longer record (a newer server) are fine
         let labels = vec!["a".to_string()];

@@ -17,8 +17,22 @@ pub enum DecodeError {
     UnknownFormat(String),
     #[error("truncated {0}: the data ends before the end-of-image marker")]
     Truncated(&'static str),
-    #[error("corrupt {format}: {reason}")]
-    Corrupt { format: &'static str, reason: String },
+    /// The `image` crate's decoder refused it (its message, trimmed).
+    #[error("corrupt {format}: {}", source.to_string().trim())]
+    Corrupt {
+        format: &'static str,
+        #[source]
+        source: image::ImageError,
+    },
+    /// libjpeg-turbo refused it.
+    #[error("corrupt JPEG: {0}")]
+    Jpeg(#[source] crate::preprocess::JpegError),
+    #[error("corrupt {format}: zero-sized image {width}x{height}")]
+    ZeroSized {
+        format: &'static str,
+        width: u32,
+        height: u32,
+    },
     #[error("image too large (limits: {MAX_SIDE} pixels per side, {MAX_ALLOC_BYTES} bytes decoded)")]
     TooLarge,
 }
@@ -88,14 +102,15 @@ pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
         }
         other => DecodeError::Corrupt {
             format: name,
-            reason: other.to_string().trim().to_string(),
+            source: other,
         },
     })?;
     let (width, height) = (img.width(), img.height());
     if width == 0 || height == 0 {
-        return Err(DecodeError::Corrupt {
+        return Err(DecodeError::ZeroSized {
             format: name,
-            reason: format!("zero-sized image {width}x{height}"),
+            width,
+            height,
         });
     }
     Ok(RgbImage {

@@ -11,10 +11,19 @@ use crate::tensor::TensorMut;
 use crate::yuv::{nv12_row_to_rgb, nv12_rows, yuyv_row_to_rgb, Coeffs, YuvSpec};
 use kestrel_core::frame::{Frame, PixelFormat};
 
+/// libjpeg-turbo could not take a JPEG.
+#[derive(Debug, Error)]
+pub enum JpegError {
+    #[error(transparent)]
+    Turbo(#[from] turbojpeg::Error),
+    #[error("unsupported size {width}x{height}")]
+    Size { width: u32, height: u32 },
+}
+
 #[derive(Debug, Error)]
 pub enum PreprocessError {
     #[error("JPEG decode failed: {0}")]
-    Jpeg(String),
+    Jpeg(#[source] JpegError),
     #[error("{format:?} frame of {width}x{height} has {got} bytes, expected {want}")]
     FrameSize {
         format: PixelFormat,
@@ -77,10 +86,10 @@ pub struct FramePreprocessor {
 
 impl FramePreprocessor {
     pub fn new(scaled_jpeg: bool) -> Result<Self, PreprocessError> {
-        let mut jpeg = Decompressor::new().map_err(|e| PreprocessError::Jpeg(e.to_string()))?;
+        let jerr = |e: turbojpeg::Error| PreprocessError::Jpeg(JpegError::Turbo(e));
+        let mut jpeg = Decompressor::new().map_err(jerr)?;
         // The fast path also takes libjpeg-turbo's fast chroma upsampling (~10 % of decode time at 1080p).
-        jpeg.set_fast_upsample(scaled_jpeg)
-            .map_err(|e| PreprocessError::Jpeg(e.to_string()))?;
+        jpeg.set_fast_upsample(scaled_jpeg).map_err(jerr)?;
         Ok(Self {
             jpeg,
             rgb: Vec::new(),
@@ -211,14 +220,14 @@ impl FramePreprocessor {
         dst_h: u32,
     ) -> Result<Letterbox, PreprocessError> {
         let t0 = Instant::now();
-        let jerr = |e: turbojpeg::Error| PreprocessError::Jpeg(e.to_string());
+        let jerr = |e: turbojpeg::Error| PreprocessError::Jpeg(JpegError::Turbo(e));
         let header = self.jpeg.read_header(data).map_err(jerr)?;
         let (w, h) = (
             u32::try_from(header.width).unwrap_or(0),
             u32::try_from(header.height).unwrap_or(0),
         );
         if w == 0 || h == 0 || w > crate::decode::MAX_SIDE || h > crate::decode::MAX_SIDE {
-            return Err(PreprocessError::Jpeg(format!("unsupported size {w}x{h}")));
+            return Err(PreprocessError::Jpeg(JpegError::Size { width: w, height: h }));
         }
         let lb = Letterbox::new(w, h, dst_w, dst_h)?;
         let d = if self.scaled_jpeg {

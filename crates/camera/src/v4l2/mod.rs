@@ -28,13 +28,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
+use thiserror::Error;
 use v4l::v4l_sys::{V4L2_CAP_STREAMING, V4L2_CAP_VIDEO_CAPTURE};
 use v4l::video::Capture;
 use v4l::{Device, FourCC, Fraction};
 
 use self::negotiate::{Backoff, FormatOffer, LateCapture, SequenceGaps, SizeOffer};
 use self::stream::{BufferInfo, MmapStream, PixFormat};
-use super::{take_buffer, Source, SourceError, POLL};
+use super::{take_buffer, Cause, Source, SourceError, POLL};
 use crate::config::{CameraFormat, SourceConfig};
 use kestrel_core::clock::monotonic_ns;
 use kestrel_core::frame::{Frame, PixelFormat};
@@ -88,19 +89,83 @@ impl CameraConfig {
     }
 }
 
-/// Why opening failed.
+/// Why a camera could not be opened.
+#[derive(Debug, Error)]
+pub enum CameraError {
+    /// A system call on the device failed (`what`: the call, or `open <path>`).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{} ({card}, driver {driver}) is not a streaming video capture device (caps {caps:#x}); \
+         multi-planar-only devices are not supported",
+        device.display()
+    )]
+    NotCapture {
+        device: PathBuf,
+        card: String,
+        driver: String,
+        caps: u32,
+    },
+    #[error(
+        "{} offers none of the pixel formats {wanted:?} (it offers {offered:?}); set source.pixel_formats",
+        device.display()
+    )]
+    NoFormat {
+        device: PathBuf,
+        wanted: Vec<&'static str>,
+        offered: Vec<String>,
+    },
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+/// The format the driver set is not one we can read.
+#[derive(Debug, Error, PartialEq)]
+pub enum FormatError {
+    #[error("asked for {} but the driver set {}", asked.name(), String::from_utf8_lossy(got))]
+    Substituted { asked: CameraFormat, got: [u8; 4] },
+    #[error("driver set an unusable size {width}x{height}")]
+    Size { width: u32, height: u32 },
+    #[error("driver set {width}x{height}, odd sides cannot be chroma-subsampled")]
+    OddSides { width: u32, height: u32 },
+}
+
+/// Why one driver buffer holds no usable frame.
+#[derive(Debug, Error, PartialEq)]
+pub enum PackError {
+    #[error("driver flagged the buffer as corrupt")]
+    Flagged,
+    #[error("{0} bytes is no JPEG")]
+    NotJpeg(usize),
+    #[error("buffer holds {len} bytes, {lines} lines need {need}")]
+    Short { len: usize, lines: usize, need: usize },
+    #[error("buffer holds {len} bytes, the luma plane needs {need}")]
+    ShortLuma { len: usize, need: usize },
+}
+
+/// Why opening failed, and whether to try again.
 #[derive(Debug)]
 enum OpenError {
     /// Not there or not ready: try again later.
-    Retry(String),
+    Retry(CameraError),
     /// Retrying will not help (not a capture device, no usable format).
-    Fatal(String),
+    Fatal(CameraError),
 }
 
 fn io_open_error(what: &str, e: io::Error) -> OpenError {
-    match Errno::from_io_error(&e) {
-        Some(code) if RETRYABLE.contains(&code) => OpenError::Retry(format!("{what}: {e}")),
-        _ => OpenError::Fatal(format!("{what}: {e}")),
+    let retry = matches!(Errno::from_io_error(&e), Some(code) if RETRYABLE.contains(&code));
+    let err = CameraError::Io {
+        what: what.to_string(),
+        source: e,
+    };
+    if retry {
+        OpenError::Retry(err)
+    } else {
+        OpenError::Fatal(err)
     }
 }
 
@@ -182,10 +247,10 @@ impl V4l2Source {
         };
         match s.try_open() {
             Ok(()) => {}
-            Err(OpenError::Fatal(reason)) => {
+            Err(OpenError::Fatal(e)) => {
                 return Err(SourceError::Open {
                     what: s.name.clone(),
-                    reason,
+                    source: Box::new(Cause::Camera(e)),
                 })
             }
             Err(OpenError::Retry(reason)) => {
@@ -320,9 +385,9 @@ impl V4l2Source {
                 }
                 Ok(())
             }
-            Err(OpenError::Fatal(reason)) => Err(SourceError::Failed {
+            Err(OpenError::Fatal(e)) => Err(SourceError::Failed {
                 what: self.name.clone(),
-                reason,
+                source: Box::new(Cause::Camera(e)),
             }),
         }
     }
@@ -343,14 +408,12 @@ fn open_camera(cfg: &CameraConfig) -> Result<Camera, OpenError> {
     let handle = dev.handle();
     let caps = stream::query_caps(&handle).map_err(|e| io_open_error("VIDIOC_QUERYCAP", e))?;
     if caps.device_caps & V4L2_CAP_VIDEO_CAPTURE == 0 || caps.device_caps & V4L2_CAP_STREAMING == 0 {
-        return Err(OpenError::Fatal(format!(
-            "{} ({}, driver {}) is not a streaming video capture device (caps {:#x}); \
-             multi-planar-only devices are not supported",
-            path.display(),
-            caps.card,
-            caps.driver,
-            caps.device_caps
-        )));
+        return Err(OpenError::Fatal(CameraError::NotCapture {
+            device: path.clone(),
+            card: caps.card,
+            driver: caps.driver,
+            caps: caps.device_caps,
+        }));
     }
     let offers = enumerate(&dev).map_err(|e| io_open_error("VIDIOC_ENUM_FMT", e))?;
     let Some(req) = negotiate::choose(&cfg.pixel_formats, &offers, (cfg.width, cfg.height)) else {
@@ -358,15 +421,16 @@ fn open_camera(cfg: &CameraConfig) -> Result<Camera, OpenError> {
             .iter()
             .map(|o| String::from_utf8_lossy(&o.fourcc).into_owned())
             .collect();
-        let wanted: Vec<&str> = cfg.pixel_formats.iter().map(|f| f.name()).collect();
-        return Err(OpenError::Fatal(format!(
-            "{} offers none of the pixel formats {wanted:?} (it offers {offered:?}); set source.pixel_formats",
-            path.display()
-        )));
+        let wanted: Vec<&'static str> = cfg.pixel_formats.iter().map(|f| f.name()).collect();
+        return Err(OpenError::Fatal(CameraError::NoFormat {
+            device: path.clone(),
+            wanted,
+            offered,
+        }));
     };
     let pix =
         stream::set_format(&handle, req.fourcc, req.width, req.height).map_err(|e| io_open_error("VIDIOC_S_FMT", e))?;
-    let fmt = accept_format(req.format, &pix).map_err(OpenError::Fatal)?;
+    let fmt = accept_format(req.format, &pix).map_err(|e| OpenError::Fatal(e.into()))?;
     let fps = set_rate(&dev, cfg.fps_hz);
     let mut stream = MmapStream::new(handle, cfg.buffers).map_err(|e| io_open_error("VIDIOC_REQBUFS/mmap", e))?;
     stream.start().map_err(|e| io_open_error("VIDIOC_STREAMON", e))?;
@@ -383,18 +447,14 @@ fn open_camera(cfg: &CameraConfig) -> Result<Camera, OpenError> {
 
 /// Check what the driver set is something we can read: the asked-for format (drivers may substitute), a
 /// usable size and line pitch.
-fn accept_format(asked: CameraFormat, pix: &PixFormat) -> Result<Negotiated, String> {
+fn accept_format(asked: CameraFormat, pix: &PixFormat) -> Result<Negotiated, FormatError> {
     let got = CameraFormat::from_fourcc(pix.fourcc);
     if got != Some(asked) {
-        return Err(format!(
-            "asked for {} but the driver set {}",
-            asked.name(),
-            String::from_utf8_lossy(&pix.fourcc)
-        ));
+        return Err(FormatError::Substituted { asked, got: pix.fourcc });
     }
     let (w, h) = (pix.width, pix.height);
     if w == 0 || h == 0 || w > kestrel_vision::decode::MAX_SIDE || h > kestrel_vision::decode::MAX_SIDE {
-        return Err(format!("driver set an unusable size {w}x{h}"));
+        return Err(FormatError::Size { width: w, height: h });
     }
     let min_stride = match asked {
         CameraFormat::Mjpeg => 0,
@@ -402,7 +462,7 @@ fn accept_format(asked: CameraFormat, pix: &PixFormat) -> Result<Negotiated, Str
         CameraFormat::Nv12 => w,
     };
     if asked != CameraFormat::Mjpeg && (w % 2 != 0 || (asked == CameraFormat::Nv12 && h % 2 != 0)) {
-        return Err(format!("driver set {w}x{h}, odd sides cannot be chroma-subsampled"));
+        return Err(FormatError::OddSides { width: w, height: h });
     }
     let stride = pix.bytesperline.max(min_stride);
     Ok(Negotiated {
@@ -474,13 +534,17 @@ pub fn size_offers(dev: &Device, fourcc: [u8; 4]) -> Vec<SizeOffer> {
 }
 
 /// Copy one driver buffer into `out` as a tightly packed frame (line padding removed). Pure.
-pub fn pack_frame(fmt: &Negotiated, data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+pub fn pack_frame(fmt: &Negotiated, data: &[u8], out: &mut Vec<u8>) -> Result<(), PackError> {
     let (w, h, stride) = (fmt.width as usize, fmt.height as usize, fmt.stride as usize);
     out.clear();
-    let rows = |out: &mut Vec<u8>, plane: &[u8], row_bytes: usize, n: usize| -> Result<(), String> {
+    let rows = |out: &mut Vec<u8>, plane: &[u8], row_bytes: usize, n: usize| -> Result<(), PackError> {
         let need = if n == 0 { 0 } else { stride * (n - 1) + row_bytes };
         if plane.len() < need {
-            return Err(format!("buffer holds {} bytes, {n} lines need {need}", plane.len()));
+            return Err(PackError::Short {
+                len: plane.len(),
+                lines: n,
+                need,
+            });
         }
         if stride == row_bytes {
             out.extend_from_slice(&plane[..row_bytes * n]);
@@ -494,7 +558,7 @@ pub fn pack_frame(fmt: &Negotiated, data: &[u8], out: &mut Vec<u8>) -> Result<()
     match fmt.format {
         CameraFormat::Mjpeg => {
             if data.len() < 4 {
-                return Err(format!("{} bytes is no JPEG", data.len()));
+                return Err(PackError::NotJpeg(data.len()));
             }
             out.extend_from_slice(data);
             Ok(())
@@ -504,10 +568,10 @@ pub fn pack_frame(fmt: &Negotiated, data: &[u8], out: &mut Vec<u8>) -> Result<()
             // Single-planar NV12: the CbCr plane follows the luma plane, same pitch.
             let luma_bytes = stride * h;
             if data.len() < luma_bytes {
-                return Err(format!(
-                    "buffer holds {} bytes, the luma plane needs {luma_bytes}",
-                    data.len()
-                ));
+                return Err(PackError::ShortLuma {
+                    len: data.len(),
+                    need: luma_bytes,
+                });
             }
             rows(out, &data[..luma_bytes], w, h)?;
             rows(out, &data[luma_bytes..], w, h / 2)
@@ -551,7 +615,7 @@ impl Source for V4l2Source {
             cam.waiting_since.get_or_insert_with(Instant::now);
             let res = cam.stream.next_with(POLL, |data, info: BufferInfo| {
                 let packed = if info.error {
-                    Err("driver flagged the buffer as corrupt".to_string())
+                    Err(PackError::Flagged)
                 } else {
                     pack_frame(&fmt, data, &mut buf)
                 };
@@ -759,9 +823,15 @@ mod tests {
                 .stride,
             1536
         );
-        assert!(accept_format(CameraFormat::Yuyv, &pix(b"RGB3", 640, 480, 0))
-            .unwrap_err()
-            .contains("RGB3"));
+        let e = accept_format(CameraFormat::Yuyv, &pix(b"RGB3", 640, 480, 0)).unwrap_err();
+        assert_eq!(
+            e,
+            FormatError::Substituted {
+                asked: CameraFormat::Yuyv,
+                got: *b"RGB3"
+            }
+        );
+        assert_eq!(e.to_string(), "asked for yuyv but the driver set RGB3");
         assert!(accept_format(CameraFormat::Nv12, &pix(b"NV12", 640, 481, 640)).is_err());
         assert!(accept_format(CameraFormat::Yuyv, &pix(b"YUYV", 0, 480, 0)).is_err());
         let m = accept_format(CameraFormat::Mjpeg, &pix(b"MJPG", 1280, 720, 0)).unwrap();
