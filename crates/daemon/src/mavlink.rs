@@ -46,6 +46,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::sink::{Sink, SinkError};
+use kestrel_core::check::{within, Invalid};
 use kestrel_core::published::Published;
 use kestrel_core::ratelog::RateLimitedLog;
 use kestrel_vision::angles::Intrinsics;
@@ -144,7 +145,7 @@ impl Default for MavlinkConfig {
 impl MavlinkConfig {
     /// Range checks: `Err((field, reason))`. (MAVLink also needs `[intrinsics]`; the config layer checks
     /// that.)
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if let Err(e) = parse_endpoint(&self.endpoint) {
             return Err(("mavlink.endpoint", e.to_string()));
         }
@@ -160,12 +161,7 @@ impl MavlinkConfig {
         if self.component_id == 0 {
             return Err(("mavlink.component_id", "0 is the broadcast id; use 1 to 255".into()));
         }
-        if !HEARTBEAT_HZ.contains(&self.heartbeat_hz) {
-            return Err((
-                "mavlink.heartbeat_hz",
-                format!("{} is not between 0.2 and 50", self.heartbeat_hz),
-            ));
-        }
+        within("mavlink.heartbeat_hz", self.heartbeat_hz, HEARTBEAT_HZ)?;
         if !matches!(self.mavlink_version, 1 | 2) {
             return Err((
                 "mavlink.mavlink_version",

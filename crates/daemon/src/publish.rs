@@ -25,6 +25,7 @@ use thiserror::Error;
 
 use crate::metrics::{Metrics, Stage};
 use crate::sink::{Sink, SinkError};
+use kestrel_core::check::{within, Invalid};
 use kestrel_core::clock::monotonic_ns;
 use kestrel_core::published::Published;
 use kestrel_core::status::SourceState;
@@ -72,44 +73,16 @@ impl Default for PublishConfig {
 
 impl PublishConfig {
     /// Range checks: `Err((field, reason))`.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.enabled && self.socket.as_os_str().is_empty() {
             return Err(("publish.socket", "required when publish.enabled".into()));
         }
-        if !(1..=1024).contains(&self.max_subscribers) {
-            return Err((
-                "publish.max_subscribers",
-                format!("{} is not between 1 and 1024", self.max_subscribers),
-            ));
-        }
-        if !(2..=10_000).contains(&self.queue_messages) {
-            return Err((
-                "publish.queue_messages",
-                format!("{} is not between 2 and 10000", self.queue_messages),
-            ));
-        }
-        if !(100..=60_000).contains(&self.max_lag_ms) {
-            return Err((
-                "publish.max_lag_ms",
-                format!("{} is not between 100 and 60000", self.max_lag_ms),
-            ));
-        }
-        if !(100..=1000).contains(&self.status_interval_ms) {
-            return Err((
-                "publish.status_interval_ms",
-                format!(
-                    "{} is not between 100 and 1000 (status must come at least once a second)",
-                    self.status_interval_ms
-                ),
-            ));
-        }
-        if !(100..=600_000).contains(&self.stall_ms) {
-            return Err((
-                "publish.stall_ms",
-                format!("{} is not between 100 and 600000", self.stall_ms),
-            ));
-        }
-        Ok(())
+        within("publish.max_subscribers", self.max_subscribers, 1..=1024)?;
+        within("publish.queue_messages", self.queue_messages, 2..=10_000)?;
+        within("publish.max_lag_ms", self.max_lag_ms, 100..=60_000)?;
+        within("publish.status_interval_ms", self.status_interval_ms, 100..=1000)
+            .map_err(|(f, why)| (f, format!("{why} (status must come at least once a second)")))?;
+        within("publish.stall_ms", self.stall_ms, 100..=600_000)
     }
 }
 

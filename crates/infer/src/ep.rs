@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+use kestrel_core::check::{at_most, within, Invalid};
+
 use crate::engine_cache::{CacheError, EngineCache, EngineKey, Lookup, Staging};
 
 /// An execution provider, in the names the config uses.
@@ -227,7 +229,7 @@ impl EpOptions {
     }
 
     /// Check the list and per-provider settings; `Err((field, reason))` names the `runtime.*` field.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let p = &self.providers;
         if p.is_empty() {
             return Err((
@@ -255,15 +257,12 @@ impl EpOptions {
             }
         }
         let t = &self.tensorrt;
-        if t.device_id > 63 {
-            return Err(("runtime.tensorrt.device_id", format!("{} is more than 63", t.device_id)));
-        }
-        if t.builder_optimization_level > 5 {
-            return Err((
-                "runtime.tensorrt.builder_optimization_level",
-                format!("{} is not between 0 and 5", t.builder_optimization_level),
-            ));
-        }
+        at_most("runtime.tensorrt.device_id", t.device_id, 63)?;
+        within(
+            "runtime.tensorrt.builder_optimization_level",
+            t.builder_optimization_level,
+            0..=5,
+        )?;
         if t.dla_core.is_some_and(|c| c > 7) {
             return Err((
                 "runtime.tensorrt.dla_core",
@@ -282,12 +281,7 @@ impl EpOptions {
                 "is set but runtime.tensorrt.int8 is false".into(),
             ));
         }
-        if self.cuda.device_id > 63 {
-            return Err((
-                "runtime.cuda.device_id",
-                format!("{} is more than 63", self.cuda.device_id),
-            ));
-        }
+        at_most("runtime.cuda.device_id", self.cuda.device_id, 63)?;
         if self.cuda.gpu_mem_limit_mb > 1 << 24 {
             return Err((
                 "runtime.cuda.gpu_mem_limit_mb",

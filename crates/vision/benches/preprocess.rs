@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kestrel_vision::letterbox::{Letterbox, Preprocessor};
+use kestrel_vision::letterbox::{Letterbox, Resampler};
 use kestrel_vision::preprocess::{FramePreprocessor, Pixels};
 use kestrel_vision::tensor::TensorMut;
 
@@ -34,7 +34,7 @@ fn preprocess(c: &mut Criterion) {
     // Letterbox alone: 960x540 RGB (what a DCT-scaled 1080p decode gives) into 640x640.
     let rgb: Vec<u8> = (0..960 * 540 * 3).map(|i| (i * 7 % 251) as u8).collect();
     let lb = Letterbox::new(960, 540, 640, 640).unwrap();
-    let mut pre = Preprocessor::new();
+    let mut pre = Resampler::new();
     let mut out = vec![0f32; 3 * 640 * 640];
     g.bench_function("letterbox_960x540_to_640", |b| {
         b.iter(|| pre.letterbox_into(&rgb, &lb, &mut out).unwrap())
@@ -69,7 +69,7 @@ fn raw_camera(c: &mut Criterion) {
                 b.iter(|| fp.prepare(px, TensorMut::F32(&mut t), 416, 416).unwrap())
             });
             let lb = Letterbox::new(w, h, 416, 416).unwrap();
-            let mut pre = Preprocessor::new();
+            let mut pre = Resampler::new();
             let (mut full, mut out) = (Vec::new(), vec![0f32; 3 * 416 * 416]);
             g.bench_function(format!("{name}_{w}x{h}_convert_then_letterbox"), |b| {
                 b.iter(|| {

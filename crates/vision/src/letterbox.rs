@@ -130,14 +130,15 @@ impl TensorElement for f16 {
     }
 }
 
-/// Reusable state for [`letterbox_into`]: the resizer and its scratch buffer.
+/// The bilinear resampler behind [`letterbox_into`] (RGB rows → the model tensor), with its reusable plan and
+/// scratch rows. [`crate::preprocess::FramePreprocessor`] wraps it with decoding for whole frames.
 #[derive(Default)]
-pub struct Preprocessor {
+pub struct Resampler {
     plan: Option<BilinearPlan>,
     /// One vertically blended source row (fixed point, ×2048).
     vrow: Vec<u32>,
     row: Vec<u8>,
-    /// Two source rows produced on demand by [`Preprocessor::letterbox_rows_into`].
+    /// Two source rows produced on demand by [`Resampler::letterbox_rows_into`].
     src_rows: [Vec<u8>; 2],
 }
 
@@ -223,7 +224,7 @@ fn hresample(plan: &BilinearPlan, vrow: &[u32], out: &mut [u8]) {
     }
 }
 
-impl Preprocessor {
+impl Resampler {
     pub fn new() -> Self {
         Self::default()
     }
@@ -292,7 +293,7 @@ impl Preprocessor {
     }
 }
 
-impl Preprocessor {
+impl Resampler {
     /// Letterbox an image that is produced row by row: `row(y, dst)` writes source row `y` (0..`src_h`) as
     /// packed RGB8 (`src_w*3` bytes) into `dst`. Only the rows the resampler reads are produced, each at most
     /// once per call (a two-row cache), so a YUV frame is converted and resized in one pass without a
@@ -457,7 +458,7 @@ mod tests {
         assert_eq!((lb.new_h, lb.pad_top), (51, 24));
         let rgb = vec![200u8; 100 * 51 * 3];
         let mut out = vec![0f32; 3 * 100 * 100];
-        Preprocessor::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
+        Resampler::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
         let pad = 114.0 / 255.0;
         let px = |c: usize, y: usize, x: usize| out[c * 10_000 + y * 100 + x];
         assert_eq!(px(0, 23, 50), pad);
@@ -472,7 +473,7 @@ mod tests {
         let lb = Letterbox::new(2, 2, 2, 2).unwrap();
         let rgb = [10u8, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120];
         let mut out = vec![0f32; 12];
-        let mut pre = Preprocessor::new();
+        let mut pre = Resampler::new();
         pre.letterbox_into(&rgb, &lb, &mut out).unwrap();
         let want: Vec<f32> = [10, 40, 70, 100, 20, 50, 80, 110, 30, 60, 90, 120]
             .iter()
@@ -489,7 +490,7 @@ mod tests {
     #[test]
     fn wrong_buffer_sizes_are_errors() {
         let lb = Letterbox::new(4, 4, 8, 8).unwrap();
-        let mut pre = Preprocessor::new();
+        let mut pre = Resampler::new();
         assert!(matches!(
             pre.letterbox_into(&[0u8; 5], &lb, &mut [0f32; 192]),
             Err(LetterboxError::BufferSize { .. })
@@ -559,7 +560,7 @@ mod tests {
         let rgb = noise((sw * sh * 3) as usize, 7);
         let lb = Letterbox::new(sw, sh, 640, 640).unwrap();
         let mut ours = vec![0f32; 3 * 640 * 640];
-        Preprocessor::new().letterbox_into(&rgb, &lb, &mut ours).unwrap();
+        Resampler::new().letterbox_into(&rgb, &lb, &mut ours).unwrap();
         let src = fr::images::ImageRef::new(sw, sh, &rgb, fr::PixelType::U8x3).unwrap();
         let mut dst = fr::images::Image::new(lb.new_w, lb.new_h, fr::PixelType::U8x3);
         let opts = fr::ResizeOptions::new().resize_alg(fr::ResizeAlg::Interpolation(fr::FilterType::Bilinear));
@@ -585,7 +586,7 @@ mod tests {
             let rgb = noise(sw * sh * 3, seed);
             let lb = Letterbox::new(sw as u32, sh as u32, dw, dw).unwrap();
             let mut out = vec![0f32; 3 * (dw * dw) as usize];
-            Preprocessor::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
+            Resampler::new().letterbox_into(&rgb, &lb, &mut out).unwrap();
             let want = reference_resize(&rgb, sw, sh, lb.new_w as usize, lb.new_h as usize);
             let (nw, d) = (lb.new_w as usize, dw as usize);
             for y in 0..lb.new_h as usize {

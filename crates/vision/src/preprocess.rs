@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use turbojpeg::{Decompressor, Image, PixelFormat as TjFormat, ScalingFactor};
 
-use crate::letterbox::{Letterbox, LetterboxError, Preprocessor, TensorElement};
+use crate::letterbox::{Letterbox, LetterboxError, Resampler, TensorElement};
 use crate::tensor::TensorMut;
 use crate::yuv::{nv12_row_to_rgb, nv12_rows, yuyv_row_to_rgb, Coeffs, YuvSpec};
 use kestrel_core::frame::{Frame, PixelFormat};
@@ -76,7 +76,7 @@ impl<'a> Pixels<'a> {
 pub struct FramePreprocessor {
     jpeg: Decompressor,
     rgb: Vec<u8>,
-    letterbox: Preprocessor,
+    letterbox: Resampler,
     /// Use DCT-domain downscaling for JPEGs larger than twice the model input.
     pub scaled_jpeg: bool,
     /// Time the last [`Self::prepare`] spent decoding/converting, and letterboxing.
@@ -93,7 +93,7 @@ impl FramePreprocessor {
         Ok(Self {
             jpeg,
             rgb: Vec::new(),
-            letterbox: Preprocessor::new(),
+            letterbox: Resampler::new(),
             scaled_jpeg,
             last_decode: Duration::ZERO,
             last_letterbox: Duration::ZERO,
@@ -302,7 +302,7 @@ mod tests {
                     }
                     let lb = Letterbox::new(w, h, dw, dh).unwrap();
                     let mut want = vec![0f32; (3 * dw * dh) as usize];
-                    Preprocessor::new().letterbox_into(&reference, &lb, &mut want).unwrap();
+                    Resampler::new().letterbox_into(&reference, &lb, &mut want).unwrap();
                     let mut fp = FramePreprocessor::new(true).unwrap();
                     let px = Pixels {
                         format,
@@ -364,7 +364,7 @@ mod tests {
         );
         let decoded = crate::decode::decode_image(&jpg).unwrap();
         let mut b = vec![0f32; 3 * 160 * 160];
-        Preprocessor::new().letterbox_into(&decoded.data, &lb, &mut b).unwrap();
+        Resampler::new().letterbox_into(&decoded.data, &lb, &mut b).unwrap();
         let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(max * 255.0 <= 6.0, "max diff {} levels", max * 255.0);
         // DCT-scaled decoding keeps the geometry.
