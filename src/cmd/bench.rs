@@ -64,8 +64,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Execution providers, one row each (comma-separated): cpu, cuda, tensorrt.
-    #[arg(long, value_name = "LIST", value_parser = super::ep_kind, value_delimiter = ',', default_value = "cpu")]
-    ep: Vec<EpKind>,
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "cpu")]
+    ep: Vec<super::Ep>,
     /// Precisions, one row each (comma-separated): fp32, fp16. fp16 on TensorRT builds an FP16 engine from the
     /// FP32 model; on CUDA and the CPU it runs the model's FP16 variant (`<stem>-fp16.onnx` beside it).
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "fp32")]
@@ -529,7 +529,7 @@ pub fn run(ort: Option<&Path>, a: &BenchArgs) -> Result<Exit, Failure> {
         );
         let mut benches = Vec::new();
         for m in &a.models {
-            for &ep in &a.ep {
+            for ep in a.ep.iter().map(|&e| EpKind::from(e)) {
                 for p in &a.precision {
                     for &iob in &a.io_binding {
                         for &workers in &a.workers {

@@ -24,11 +24,11 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Execution providers in order of preference, comma-separated.
-    #[arg(long, value_name = "LIST", value_parser = super::ep_kind, value_delimiter = ',', default_value = "cpu")]
-    pub ep: Vec<kestrel_infer::ep::EpKind>,
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "cpu")]
+    pub ep: Vec<super::Ep>,
     /// Refuse to run unless this provider is registered.
-    #[arg(long, value_name = "EP", value_parser = super::ep_kind)]
-    pub require_ep: Option<kestrel_infer::ep::EpKind>,
+    #[arg(long, value_name = "EP", value_enum)]
+    pub require_ep: Option<super::Ep>,
     /// Feed the model through an IoBinding (inputs in ONNX Runtime-allocated memory).
     #[arg(long)]
     pub io_binding: bool,
@@ -67,8 +67,8 @@ pub fn load_detector(ort_lib: Option<&Path>, m: &ModelArgs) -> anyhow::Result<De
     let opts = SessionOptions {
         intra_threads: m.threads,
         ep: kestrel_infer::ep::EpOptions {
-            providers: m.ep.clone(),
-            require: m.require_ep,
+            providers: m.ep.iter().map(|&e| e.into()).collect(),
+            require: m.require_ep.map(Into::into),
             ..Default::default()
         },
         io_binding: m.io_binding,

@@ -31,9 +31,22 @@ pub fn unit_interval(s: &str) -> Result<f32, String> {
     }
 }
 
-/// clap value parser: an execution provider name (`tensorrt`/`trt`, `cuda`, `cpu`).
-pub fn ep_kind(s: &str) -> Result<EpKind, String> {
-    EpKind::parse(s).ok_or_else(|| format!("`{s}` is not an execution provider (tensorrt, cuda, cpu)"))
+/// `--ep` and `--require-ep` values, as clap lists them in `--help` and in its errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ep {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl From<Ep> for EpKind {
+    fn from(e: Ep) -> Self {
+        match e {
+            Ep::Tensorrt => EpKind::Tensorrt,
+            Ep::Cuda => EpKind::Cuda,
+            Ep::Cpu => EpKind::Cpu,
+        }
+    }
 }
 
 /// The default model path is relative to the project; also look beside the executable's ancestors so
