@@ -1,0 +1,1 @@
+//! Side-by-side drawings of two models' detections (to be written).

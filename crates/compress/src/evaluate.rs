@@ -1,0 +1,1 @@
+//! Detection fidelity (to be written).
