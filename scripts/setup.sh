@@ -47,6 +47,9 @@ if ! [ -s $PHOTOS/person.jpg ]; then
 fi
 ls $PHOTOS >&2
 
+step "calibration and evaluation photos for kestrel compress/evaluate (scikit-image, Debian opencv-doc)"
+scripts/fetch-compress-frames.sh
+
 step "test fixtures"
 "$(scripts/python-env.sh)" tests/fixtures/make_fixtures.py
 

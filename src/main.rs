@@ -52,6 +52,9 @@ enum Command {
     Golden(cmd::golden::GoldenArgs),
     /// Build and cache the TensorRT engine for a config's model ahead of flight, with progress and a summary.
     BuildEngine(cmd::build_engine::BuildEngineArgs),
+    /// Make a trained detector lighter: Tucker-2 decomposition of the convolutions that lose little, ranks
+    /// chosen by search under an error bound, kept only where the device runs them faster.
+    Compress(Box<cmd::compress::CompressArgs>),
 }
 
 /// Run the command the user asked for.
@@ -69,6 +72,7 @@ fn run(cli: &Cli) -> Result<Exit, Failure> {
         Command::Subscribe(a) => cmd::subscribe::run(a),
         Command::Golden(a) => cmd::golden::run(ort, a),
         Command::BuildEngine(a) => cmd::build_engine::run(ort, a),
+        Command::Compress(a) => cmd::compress::run(ort, a),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod build_engine;
 pub mod check_config;
+pub mod compress;
 pub mod detect;
 pub mod devices;
 pub mod golden;

@@ -1,9 +1,22 @@
-//! Kestrel's model compression, built on the inference layer and not on the daemon: ONNX models read and
-//! written through the vendored `onnx.proto` ([`onnx`]), detection fidelity of one model against another or
-//! against labels ([`evaluate`], [`annotate`]).
+//! Kestrel's model compression, built on the inference layer and not on the daemon.
+//!
+//! - [`model`]: ONNX models read and written through the vendored `onnx.proto` ([`onnx`]), atomically.
+//! - [`graph`]: which convolutions can be decomposed, BatchNormalization folding, replacing a convolution.
+//! - [`tucker`]: Tucker-2 factors (HOSVD, HOOI, data-aware), pure maths on `faer`.
+//! - [`stats`]: a layer's input statistics, from which the output error of any candidate follows exactly.
+//! - [`search`]: the rank ladder and the binary search under the error bound.
+//! - [`evaluate`], [`annotate`]: detection fidelity of one model against another or against labels.
 
 pub mod annotate;
+pub mod capture;
+pub mod compress;
 pub mod evaluate;
+pub mod graph;
+pub mod model;
+pub mod search;
+pub mod stats;
+pub mod timing;
+pub mod tucker;
 
 /// The ONNX protobuf messages, generated from `proto/onnx.proto` at build time.
 pub mod onnx {

@@ -377,6 +377,12 @@ fn open_session(
     }
 }
 
+/// A session on `path` with no detector validation, on the configured execution providers (registered and
+/// checked as for a detector): for tools that run or time arbitrary models, such as one-layer models.
+pub fn plain_session(rt: &Runtime, path: &Path, opts: &SessionOptions) -> Result<(Session, Selection), ModelError> {
+    open_session(rt, path, opts, &mut |_| {})
+}
+
 impl Detector {
     /// Load and validate a YOLO detection model. `labels_path` overrides the labels the model carries.
     pub fn load(

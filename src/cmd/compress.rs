@@ -1,0 +1,337 @@
+//! `kestrel compress`: decompose a trained detector's convolutions (Tucker-2) where the device says it pays,
+//! keeping detection fidelity on held-out frames.
+
+use std::io::IsTerminal as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use kestrel_compress::compress::{self, images_in, Event, Job, Options, Probe, Report};
+use kestrel_compress::timing::TimingPlan;
+use kestrel_compress::tucker::Factorisation;
+use kestrel_infer::model::SessionOptions;
+use kestrel_infer::runtime;
+
+use crate::exit::{Exit, Failure, OrExit as _};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Tucker-2 decomposition of each convolution's channel modes.
+    Tucker,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProbeArg {
+    /// The layer's real inputs on the calibration frames.
+    Calibration,
+    /// Random tensors of the layer's input shape (the talk's method; equivalent to the weight error).
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FactorArg {
+    /// Whitened by the captured input covariance, output side fitted to the captured outputs.
+    DataAware,
+    /// HOSVD of the kernel (plus --hooi-iterations refinements).
+    Hosvd,
+}
+
+/// clap value parser: a number strictly between 0 and 1.
+fn open_unit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number strictly between 0 and 1")),
+    }
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!("`{s}` is not a whole number above 0")),
+    }
+}
+
+#[derive(Args)]
+pub struct CompressArgs {
+    /// The float32 ONNX model to compress.
+    #[arg(long, value_name = "IN.onnx")]
+    pub model: PathBuf,
+    /// Where to write the compressed model (atomically; never the input).
+    #[arg(long, value_name = "OUT.onnx")]
+    pub out: PathBuf,
+    /// Calibration images (JPEG/PNG): the layers' real inputs are captured on them and their mirror images.
+    #[arg(long, value_name = "DIR")]
+    pub calibration: PathBuf,
+    /// Held-out images for the whole-model fidelity check (default: every third calibration image is held
+    /// out instead of calibrating).
+    #[arg(long, value_name = "DIR")]
+    pub eval: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "tucker")]
+    pub method: Method,
+    /// Largest relative output error ‖y − y′‖/‖y‖ allowed per layer.
+    #[arg(long, value_name = "E", default_value_t = 0.1, value_parser = open_unit)]
+    pub max_layer_error: f64,
+    /// Where each layer's error is measured.
+    #[arg(long, value_enum, default_value = "calibration")]
+    pub probe: ProbeArg,
+    /// How the factors are chosen (default: data-aware with the calibration probe, HOSVD with random).
+    #[arg(long, value_enum)]
+    pub factorisation: Option<FactorArg>,
+    /// HOOI refinements of the HOSVD factors.
+    #[arg(long, default_value_t = 0)]
+    pub hooi_iterations: usize,
+    /// Round ranks up to a multiple of this (tensor cores and SIMD prefer 8).
+    #[arg(long, default_value_t = 8, value_parser = positive)]
+    pub rank_multiple: usize,
+    /// Smallest whole-model mAP@0.5 against the original on the held-out frames; below it the bound is
+    /// tightened.
+    #[arg(long, default_value_t = 0.95, value_parser = open_unit)]
+    pub min_fidelity: f64,
+    /// Keep a decomposition only where the one-layer model is faster on the device.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub require_faster: bool,
+    /// Interleaved rounds of the whole-model fps comparison (0: skip it).
+    #[arg(long, default_value_t = 6)]
+    pub fps_rounds: usize,
+    /// Interleaved rounds of each one-layer timing.
+    #[arg(long, default_value_t = 7, value_parser = positive)]
+    pub timing_rounds: usize,
+    /// Fixed ranks for named layers instead of the search, e.g. `conv_33=256:512` (R_in:R_out; a 1×1 layer
+    /// takes one rank, `conv_37=64`). Repeat or separate with commas.
+    #[arg(long, value_name = "LAYER=R_IN:R_OUT", value_delimiter = ',', value_parser = layer_ranks)]
+    pub ranks: Vec<(String, (usize, usize))>,
+    /// Leave these layers (node names) as they are. Repeat or separate with commas.
+    #[arg(long, value_name = "LAYER", value_delimiter = ',')]
+    pub exclude: Vec<String>,
+    /// Skip the comparisons (other factorisation at the same ranks, the other probe's search).
+    #[arg(long)]
+    pub no_compare: bool,
+    /// Write the full report (JSON) here.
+    #[arg(long, value_name = "REPORT.json")]
+    pub report: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Execution providers to time and check on, in order of preference.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',', default_value = "cpu")]
+    pub ep: Vec<super::Ep>,
+    /// Refuse to run unless this provider is registered.
+    #[arg(long, value_name = "EP", value_enum)]
+    pub require_ep: Option<super::Ep>,
+}
+
+/// clap value parser: `NAME=R_IN:R_OUT` or `NAME=R`.
+fn layer_ranks(s: &str) -> Result<(String, (usize, usize)), String> {
+    let bad = || format!("`{s}` is not LAYER=R_IN:R_OUT (or LAYER=R for a 1×1 layer) with ranks above 0");
+    let (name, r) = s.rsplit_once('=').ok_or_else(bad)?;
+    let (a, b) = r.split_once(':').unwrap_or((r, r));
+    let (a, b) = (a.parse::<usize>().map_err(|_| bad())?, b.parse::<usize>().map_err(|_| bad())?);
+    if name.is_empty() || a == 0 || b == 0 {
+        return Err(bad());
+    }
+    Ok((name.to_string(), (a, b)))
+}
+
+/// Calibration and evaluation frames: as given, or every third calibration image held out.
+fn frames(a: &CompressArgs) -> Result<(Vec<PathBuf>, Vec<PathBuf>), compress::CompressError> {
+    let cal = images_in(&a.calibration, "calibration")?;
+    match &a.eval {
+        Some(dir) => Ok((cal, images_in(dir, "evaluation")?)),
+        None => {
+            let (held, kept): (Vec<_>, Vec<_>) = cal.into_iter().enumerate().partition(|(i, _)| i % 3 == 2);
+            let strip = |v: Vec<(usize, PathBuf)>| v.into_iter().map(|(_, p)| p).collect::<Vec<_>>();
+            let (kept, held) = (strip(kept), strip(held));
+            if held.is_empty() {
+                return Err(compress::CompressError::NoFrames {
+                    what: "held-out (give --eval DIR, or at least 3 calibration images)",
+                    dir: a.calibration.clone(),
+                });
+            }
+            Ok((kept, held))
+        }
+    }
+}
+
+/// Progress on one terminal line, or log lines when stderr is not a terminal.
+fn progress_printer() -> impl FnMut(Event<'_>) {
+    let tty = std::io::stderr().is_terminal();
+    move |e| {
+        let line = match e {
+            Event::Stage(s) => s.to_string(),
+            Event::Layer {
+                index,
+                total,
+                name,
+                what,
+            } => format!("[{}/{total}] {what}: {name}", index + 1),
+        };
+        if tty {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+        } else {
+            log::info!("{line}");
+        }
+    }
+}
+
+fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "kestrel compress: {} (sha256 {}…), tucker, probe {:?}, factors {:?}, bound {:.4} (asked {:.4}), on {}",
+        r.source.path,
+        &r.source.sha256[..12.min(r.source.sha256.len())],
+        r.probe,
+        r.factorisation,
+        r.bound_used,
+        r.max_layer_error,
+        r.execution_provider
+    )?;
+    if !r.folded_batch_norms.is_empty() {
+        writeln!(out, "folded {} BatchNormalization(s) into their convolutions", r.folded_batch_norms.len())?;
+    }
+    writeln!(
+        out,
+        "| layer | kernel | input | ranks | params before → after | error calib / random | other factors calib | speed-up | decision |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+    for l in &r.layers {
+        let k = l.kernel.map_or("-".into(), |k| format!("{}×{}×{}×{}", k[0], k[1], k[2], k[3]));
+        let i = l.input.map_or("-".into(), |i| format!("{}×{}×{}", i[1], i[2], i[3]));
+        let ranks = l.ranks.map_or("-".into(), |r| format!("{}, {}", r.0, r.1));
+        let e = l.errors.map_or("-".into(), |e| format!("{:.4} / {:.4}", e.calibration, e.random));
+        let o = l.other_factorisation.map_or("-".into(), |e| format!("{:.4}", e.calibration));
+        let t = l.timing.map_or("-".into(), |t| format!("{}", t.speedup));
+        writeln!(
+            out,
+            "| {} | {k} | {i} | {ranks} | {} → {} | {e} | {o} | {t} | {} |",
+            l.name,
+            l.params_before,
+            l.params_after,
+            if l.decomposed { "decomposed".to_string() } else { format!("kept: {}", l.reason) }
+        )?;
+    }
+    for t in &r.tries {
+        writeln!(
+            out,
+            "try: bound {:.4}: {} layers decomposed, {} params, mAP@0.5 {:.4} {}",
+            t.max_layer_error,
+            t.decomposed_layers,
+            t.params,
+            t.map50,
+            if t.meets { "meets" } else { "short" }
+        )?;
+    }
+    for v in &r.comparisons {
+        writeln!(
+            out,
+            "compare: {}: {} params, {:.3} GMACs, mAP@0.5 {:.4}, mAP@0.5:0.95 {:.4}",
+            v.what,
+            v.params,
+            v.macs as f64 / 1e9,
+            v.map50,
+            v.map50_95
+        )?;
+    }
+    if let Some(o) = &r.output {
+        let f = r.fidelity.as_ref().map_or(f64::NAN, |f| f.map50);
+        writeln!(
+            out,
+            "params {} → {} ({:+.1} %), conv MACs {:.3} → {:.3} G ({:+.1} %), mAP@0.5 vs original {:.4}",
+            r.source.params,
+            o.params,
+            100.0 * (o.params as f64 / r.source.params as f64 - 1.0),
+            r.source.conv_macs as f64 / 1e9,
+            o.conv_macs as f64 / 1e9,
+            100.0 * (o.conv_macs as f64 / r.source.conv_macs.max(1) as f64 - 1.0),
+            f
+        )?;
+    }
+    if let Some(f) = &r.fps {
+        writeln!(
+            out,
+            "bare fps ({} rounds interleaved): before {}, after {}, after/before {}",
+            f.rounds, f.before_fps, f.after_fps, f.ratio
+        )?;
+    }
+    for s in &r.stages {
+        writeln!(out, "time: {} {:.1} s", s.stage, s.seconds)?;
+    }
+    if let Some(m) = r.peak_rss_mib {
+        writeln!(out, "peak RSS {m:.0} MiB")?;
+    }
+    if let Some(why) = &r.nothing_to_do {
+        writeln!(out, "nothing to do: {why}; no model written")?;
+    } else if let Some(o) = &r.output {
+        writeln!(out, "wrote {} (sha256 {})", o.path, o.sha256)?;
+    }
+    Ok(())
+}
+
+pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
+    let Method::Tucker = a.method;
+    kestrel_compress::model::check_output(&a.model, &a.out).or_exit(Exit::Usage)?;
+    let (calibration, evaluation) = frames(a).or_exit(Exit::Failed)?;
+    let rt = runtime::init(ort).or_exit(Exit::Setup)?;
+    let probe = match a.probe {
+        ProbeArg::Calibration => Probe::Calibration,
+        ProbeArg::Random => Probe::Random,
+    };
+    let factorisation = match (a.factorisation, probe) {
+        (Some(FactorArg::DataAware), _) | (None, Probe::Calibration) => Factorisation::DataAware,
+        (Some(FactorArg::Hosvd), _) | (None, Probe::Random) => Factorisation::Hosvd {
+            hooi_iterations: a.hooi_iterations,
+        },
+    };
+    let session = SessionOptions {
+        intra_threads: a.threads,
+        ep: kestrel_infer::ep::EpOptions {
+            providers: a.ep.iter().map(|&e| e.into()).collect(),
+            require: a.require_ep.map(Into::into),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if let Err((_, reason)) = session.ep.validate() {
+        return Err(Failure::new(Exit::Usage, anyhow::anyhow!("--ep: {reason}")));
+    }
+    let opts = Options {
+        max_layer_error: a.max_layer_error,
+        probe,
+        factorisation,
+        rank_multiple: a.rank_multiple,
+        min_fidelity: a.min_fidelity,
+        require_faster: a.require_faster,
+        session,
+        timing: TimingPlan {
+            rounds: a.timing_rounds,
+            ..TimingPlan::default()
+        },
+        fps_rounds: a.fps_rounds,
+        compare: !a.no_compare,
+        fixed_ranks: a.ranks.iter().cloned().collect(),
+        exclude: a.exclude.clone(),
+        ..Options::default()
+    };
+    let job = Job {
+        model: a.model.clone(),
+        out: a.out.clone(),
+        calibration,
+        evaluation,
+    };
+    let mut progress = progress_printer();
+    let result = compress::compress(rt, &job, &opts, &mut progress);
+    if std::io::stderr().is_terminal() {
+        let _ = writeln!(std::io::stderr());
+    }
+    let report = result.or_exit(Exit::Failed)?;
+    if let Some(p) = &a.report {
+        let text = serde_json::to_string_pretty(&report).context("serialising the report").or_exit(Exit::Failed)?;
+        kestrel_compress::model::write_atomic(p, text.as_bytes()).or_exit(Exit::Failed)?;
+    }
+    print_summary(&report, &mut std::io::stdout().lock())
+        .context("writing the summary")
+        .or_exit(Exit::Failed)?;
+    Ok(Exit::Success)
+}
