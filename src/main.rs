@@ -52,6 +52,8 @@ enum Command {
     Golden(cmd::golden::GoldenArgs),
     /// Build and cache the TensorRT engine for a config's model ahead of flight, with progress and a summary.
     BuildEngine(cmd::build_engine::BuildEngineArgs),
+    /// Detection fidelity of a model against a reference model or labels: COCO mAP, matched IoU, score drift.
+    Evaluate(cmd::evaluate::EvaluateArgs),
 }
 
 /// Run the command the user asked for.
@@ -69,6 +71,7 @@ fn run(cli: &Cli) -> Result<Exit, Failure> {
         Command::Subscribe(a) => cmd::subscribe::run(a),
         Command::Golden(a) => cmd::golden::run(ort, a),
         Command::BuildEngine(a) => cmd::build_engine::run(ort, a),
+        Command::Evaluate(a) => cmd::evaluate::run(ort, a),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod build_engine;
 pub mod check_config;
 pub mod detect;
 pub mod devices;
+pub mod evaluate;
 pub mod golden;
 pub mod run;
 pub mod subscribe;
