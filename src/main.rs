@@ -55,6 +55,8 @@ enum Command {
     /// Make a trained detector lighter: Tucker-2 decomposition of the convolutions that lose little, ranks
     /// chosen by search under an error bound, kept only where the device runs them faster.
     Compress(Box<cmd::compress::CompressArgs>),
+    /// Detection fidelity of a model against a reference model or labels: COCO mAP, matched IoU, score drift.
+    Evaluate(cmd::evaluate::EvaluateArgs),
 }
 
 /// Run the command the user asked for.
@@ -73,6 +75,7 @@ fn run(cli: &Cli) -> Result<Exit, Failure> {
         Command::Golden(a) => cmd::golden::run(ort, a),
         Command::BuildEngine(a) => cmd::build_engine::run(ort, a),
         Command::Compress(a) => cmd::compress::run(ort, a),
+        Command::Evaluate(a) => cmd::evaluate::run(ort, a),
     }
 }
 

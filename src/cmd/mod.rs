@@ -6,6 +6,7 @@ pub mod check_config;
 pub mod compress;
 pub mod detect;
 pub mod devices;
+pub mod evaluate;
 pub mod golden;
 pub mod run;
 pub mod subscribe;
