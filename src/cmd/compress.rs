@@ -126,7 +126,10 @@ fn layer_ranks(s: &str) -> Result<(String, (usize, usize)), String> {
     let bad = || format!("`{s}` is not LAYER=R_IN:R_OUT (or LAYER=R for a 1×1 layer) with ranks above 0");
     let (name, r) = s.rsplit_once('=').ok_or_else(bad)?;
     let (a, b) = r.split_once(':').unwrap_or((r, r));
-    let (a, b) = (a.parse::<usize>().map_err(|_| bad())?, b.parse::<usize>().map_err(|_| bad())?);
+    let (a, b) = (
+        a.parse::<usize>().map_err(|_| bad())?,
+        b.parse::<usize>().map_err(|_| bad())?,
+    );
     if name.is_empty() || a == 0 || b == 0 {
         return Err(bad());
     }
@@ -188,8 +191,26 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
         r.max_layer_error,
         r.execution_provider
     )?;
+    for (what, f) in [("calibration", &r.calibration), ("evaluation", &r.evaluation)] {
+        if f.files > 0 {
+            writeln!(
+                out,
+                "{what}: {} of {} images used, {} skipped",
+                f.used,
+                f.files,
+                f.skipped.len()
+            )?;
+        }
+        for s in &f.skipped {
+            writeln!(out, "  skipped {}: {}", s.file, s.reason)?;
+        }
+    }
     if !r.folded_batch_norms.is_empty() {
-        writeln!(out, "folded {} BatchNormalization(s) into their convolutions", r.folded_batch_norms.len())?;
+        writeln!(
+            out,
+            "folded {} BatchNormalization(s) into their convolutions",
+            r.folded_batch_norms.len()
+        )?;
     }
     writeln!(
         out,
@@ -197,11 +218,17 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
     )?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
     for l in &r.layers {
-        let k = l.kernel.map_or("-".into(), |k| format!("{}×{}×{}×{}", k[0], k[1], k[2], k[3]));
+        let k = l
+            .kernel
+            .map_or("-".into(), |k| format!("{}×{}×{}×{}", k[0], k[1], k[2], k[3]));
         let i = l.input.map_or("-".into(), |i| format!("{}×{}×{}", i[1], i[2], i[3]));
         let ranks = l.ranks.map_or("-".into(), |r| format!("{}, {}", r.0, r.1));
-        let e = l.errors.map_or("-".into(), |e| format!("{:.4} / {:.4}", e.calibration, e.random));
-        let o = l.other_factorisation.map_or("-".into(), |e| format!("{:.4}", e.calibration));
+        let e = l
+            .errors
+            .map_or("-".into(), |e| format!("{:.4} / {:.4}", e.calibration, e.random));
+        let o = l
+            .other_factorisation
+            .map_or("-".into(), |e| format!("{:.4}", e.calibration));
         let t = l.timing.map_or("-".into(), |t| format!("{}", t.speedup));
         writeln!(
             out,
@@ -209,7 +236,11 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
             l.name,
             l.params_before,
             l.params_after,
-            if l.decomposed { "decomposed".to_string() } else { format!("kept: {}", l.reason) }
+            if l.decomposed {
+                "decomposed".to_string()
+            } else {
+                format!("kept: {}", l.reason)
+            }
         )?;
     }
     for t in &r.tries {
@@ -327,7 +358,9 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
     }
     let report = result.or_exit(Exit::Failed)?;
     if let Some(p) = &a.report {
-        let text = serde_json::to_string_pretty(&report).context("serialising the report").or_exit(Exit::Failed)?;
+        let text = serde_json::to_string_pretty(&report)
+            .context("serialising the report")
+            .or_exit(Exit::Failed)?;
         kestrel_compress::model::write_atomic(p, text.as_bytes()).or_exit(Exit::Failed)?;
     }
     print_summary(&report, &mut std::io::stdout().lock())

@@ -22,7 +22,11 @@ pub enum CaptureError {
     #[error("the model did not output `{0}`")]
     Missing(String),
     #[error("`{name}` has shape {shape:?}, not [1, {channels}, H, W]")]
-    Shape { name: String, shape: Vec<i64>, channels: usize },
+    Shape {
+        name: String,
+        shape: Vec<i64>,
+        channels: usize,
+    },
 }
 
 /// What a layer saw: its input size and statistics.
@@ -98,7 +102,10 @@ impl Capture {
             if usize::try_from(c).ok() != Some(conv.in_channels()) {
                 return Err(bad());
             }
-            let (lh, lw) = (usize::try_from(lh).map_err(|_| bad())?, usize::try_from(lw).map_err(|_| bad())?);
+            let (lh, lw) = (
+                usize::try_from(lh).map_err(|_| bad())?,
+                usize::try_from(lw).map_err(|_| bad())?,
+            );
             let l = layer.get_or_insert_with(|| Captured {
                 size: (lh, lw),
                 stats: PatchStats::new(conv.in_channels() * conv.taps()),
@@ -126,6 +133,9 @@ pub fn mirror(x: &[f32], c: usize, h: usize, w: usize) -> Vec<f32> {
 mod tests {
     #[test]
     fn mirror_reverses_rows() {
-        assert_eq!(super::mirror(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 1, 2, 3), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        assert_eq!(
+            super::mirror(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 1, 2, 3),
+            vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]
+        );
     }
 }

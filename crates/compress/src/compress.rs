@@ -52,11 +52,19 @@ pub enum CompressError {
     #[error(transparent)]
     Detect(DetectError),
     #[error("{what} directory {dir}: {source}")]
-    ListFrames { what: &'static str, dir: PathBuf, source: std::io::Error },
+    ListFrames {
+        what: &'static str,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what} directory {dir} has no images (*.jpg, *.jpeg, *.png)")]
     NoFrames { what: &'static str, dir: PathBuf },
     #[error("none of the {count} {what} images could be read (first: {first})")]
-    NoneReadable { what: &'static str, count: usize, first: String },
+    NoneReadable {
+        what: &'static str,
+        count: usize,
+        first: String,
+    },
     #[error("{a} and {b} are the same image: calibration and evaluation frames must be disjoint")]
     NotDisjoint { a: PathBuf, b: PathBuf },
     #[error("{path} is a {precision} model: compress a float32 model (and make the FP16 copy afterwards)")]
@@ -297,7 +305,6 @@ struct Layer {
     size: (usize, usize),
     out_size: (usize, usize),
     prepared: Prepared,
-    bias: Vec<f64>,
     bias_f32: Option<Vec<f32>>,
     calib: PatchStats,
     random: PatchStats,
@@ -458,7 +465,9 @@ impl Run<'_> {
         }
         if let Some(&r) = self.opts.fixed_ranks.get(&l.conv.name) {
             let name = l.conv.name.clone();
-            let e = l.error(how, probe, r).map_err(|source| CompressError::Tucker { layer: name, source })?;
+            let e = l
+                .error(how, probe, r)
+                .map_err(|source| CompressError::Tucker { layer: name, source })?;
             let trial = Trial {
                 ranks: r,
                 params: l.params(r),
@@ -606,14 +615,14 @@ impl Run<'_> {
 
     fn detector(&self, path: &Path) -> Result<ImageDetector, CompressError> {
         let d = Detector::load(self.rt, path, None, &self.opts.session)?;
-        Ok(ImageDetector::new(
+        ImageDetector::new(
             d,
             Thresholds {
                 conf: 0.001,
                 ..Thresholds::default()
             },
         )
-        .map_err(detect_model)?)
+        .map_err(detect_model)
     }
 
     /// Fidelity of `m` against the original on the evaluation frames.
@@ -658,7 +667,7 @@ pub fn compress(
 ) -> Result<Report, CompressError> {
     let mut stages = Vec::new();
     let mut stage_t = Instant::now();
-    let mut stage = |name: &str, stages: &mut Vec<Stage>, t: &mut Instant| {
+    let stage = |name: &str, stages: &mut Vec<Stage>, t: &mut Instant| {
         stages.push(Stage {
             stage: name.into(),
             seconds: t.elapsed().as_secs_f64(),
@@ -736,8 +745,11 @@ pub fn compress(
     }
     // Frames: disjoint by content.
     let digest = |p: &Path| std::fs::read(p).ok().map(|b| crate::model::sha256_hex(&b));
-    let eval_digests: HashMap<String, &PathBuf> =
-        job.evaluation.iter().filter_map(|p| digest(p).map(|d| (d, p))).collect();
+    let eval_digests: HashMap<String, &PathBuf> = job
+        .evaluation
+        .iter()
+        .filter_map(|p| digest(p).map(|d| (d, p)))
+        .collect();
     for c in &job.calibration {
         if let Some(e) = digest(c).and_then(|d| eval_digests.get(&d).copied()) {
             return Err(CompressError::NotDisjoint {
@@ -809,7 +821,12 @@ pub fn compress(
         return Err(CompressError::NoneReadable {
             what: "calibration",
             count: job.calibration.len(),
-            first: report.calibration.skipped.first().map(|s| s.reason.clone()).unwrap_or_default(),
+            first: report
+                .calibration
+                .skipped
+                .first()
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
         });
     }
     // The evaluation frames' truths.
@@ -834,7 +851,12 @@ pub fn compress(
         return Err(CompressError::NoneReadable {
             what: "evaluation",
             count: job.evaluation.len(),
-            first: report.evaluation.skipped.first().map(|s| s.reason.clone()).unwrap_or_default(),
+            first: report
+                .evaluation
+                .skipped
+                .first()
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
         });
     }
     drop(det);
@@ -862,7 +884,11 @@ pub fn compress(
             .map_err(tensor_err)?
             .unwrap_or_default();
         let bias_f32 = match &conv.bias {
-            Some(b) => inits.get(b.as_str()).map(|t| floats(t)).transpose().map_err(tensor_err)?,
+            Some(b) => inits
+                .get(b.as_str())
+                .map(|t| floats(t))
+                .transpose()
+                .map_err(tensor_err)?,
             None => None,
         };
         let bias: Vec<f64> = bias_f32.iter().flatten().map(|&v| f64::from(v)).collect();
@@ -888,7 +914,6 @@ pub fn compress(
             out_size: conv.output_size(h, wd),
             rungs: ladder(c, k, conv.taps(), opts.rank_multiple),
             prepared,
-            bias,
             bias_f32,
             calib: captured.stats,
             random,
@@ -915,7 +940,7 @@ pub fn compress(
     let how = opts.factorisation;
 
     // Search at a bound, then the whole-model check; tighten by bisection while fidelity is short.
-    let mut at_bound = |run: &mut Run<'_>, bound: f64, progress: &mut dyn FnMut(Event<'_>)| {
+    let at_bound = |run: &mut Run<'_>, bound: f64, progress: &mut dyn FnMut(Event<'_>)| {
         let mut ds = Vec::with_capacity(n);
         for i in 0..n {
             let name = run.layers[i].conv.name.clone();
@@ -929,22 +954,23 @@ pub fn compress(
         }
         Ok::<_, CompressError>(ds)
     };
-    let check = |run: &mut Run<'_>, ds: &[Decision], bound: f64, tries: &mut Vec<Try>, progress: &mut dyn FnMut(Event<'_>)| {
-        progress(Event::Stage("checking the whole model on the held-out frames"));
-        let choice: Vec<_> = ds.iter().map(|d| d.ranks).collect();
-        let m = run.build(&choice, how)?;
-        let ev = run.fidelity(&m, "try.onnx")?;
-        let (params, _) = run.params_of(&choice);
-        let meets = ev.map50 >= opts.min_fidelity;
-        tries.push(Try {
-            max_layer_error: bound,
-            decomposed_layers: choice.iter().flatten().count(),
-            params,
-            map50: ev.map50,
-            meets,
-        });
-        Ok::<_, CompressError>((meets, ev))
-    };
+    let check =
+        |run: &mut Run<'_>, ds: &[Decision], bound: f64, tries: &mut Vec<Try>, progress: &mut dyn FnMut(Event<'_>)| {
+            progress(Event::Stage("checking the whole model on the held-out frames"));
+            let choice: Vec<_> = ds.iter().map(|d| d.ranks).collect();
+            let m = run.build(&choice, how)?;
+            let ev = run.fidelity(&m, "try.onnx")?;
+            let (params, _) = run.params_of(&choice);
+            let meets = ev.map50 >= opts.min_fidelity;
+            tries.push(Try {
+                max_layer_error: bound,
+                decomposed_layers: choice.iter().flatten().count(),
+                params,
+                map50: ev.map50,
+                meets,
+            });
+            Ok::<_, CompressError>((meets, ev))
+        };
     let mut bound = opts.max_layer_error;
     let mut decisions = at_bound(&mut run, bound, progress)?;
     stage("search", &mut stages, &mut stage_t);
@@ -1015,7 +1041,7 @@ pub fn compress(
             Probe::Random => (Probe::Calibration, Factorisation::DataAware),
         };
         let mut ochoice = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, chosen) in choice.iter().enumerate() {
             let name = run.layers[i].conv.name.clone();
             progress(Event::Layer {
                 index: i,
@@ -1025,7 +1051,7 @@ pub fn compress(
             });
             let d = run.decide(i, bound, ohow, oprobe, false)?;
             // Keep the same set of layers as the chosen model, so the comparison is of the probe only.
-            ochoice.push(if choice[i].is_some() { d.ranks } else { None });
+            ochoice.push(if chosen.is_some() { d.ranks } else { None });
         }
         let (oparams, omacs) = run.params_of(&ochoice);
         let m = run.build(&ochoice, ohow)?;
@@ -1051,17 +1077,25 @@ pub fn compress(
         let l = &mut run.layers[i];
         let r = d.ranks;
         let errors = match r {
-            Some(r) => Some(l.evaluate(how, r).map(|x| x.1).map_err(|source| CompressError::Tucker {
-                layer: l.conv.name.clone(),
-                source,
-            })?),
+            Some(r) => Some(
+                l.evaluate(how, r)
+                    .map(|x| x.1)
+                    .map_err(|source| CompressError::Tucker {
+                        layer: l.conv.name.clone(),
+                        source,
+                    })?,
+            ),
             None => None,
         };
         let other_factorisation = match r {
-            Some(r) => Some(l.evaluate(alt, r).map(|x| x.1).map_err(|source| CompressError::Tucker {
-                layer: l.conv.name.clone(),
-                source,
-            })?),
+            Some(r) => Some(
+                l.evaluate(alt, r)
+                    .map(|x| x.1)
+                    .map_err(|source| CompressError::Tucker {
+                        layer: l.conv.name.clone(),
+                        source,
+                    })?,
+            ),
             None => None,
         };
         let (h, w) = l.size;
@@ -1086,7 +1120,8 @@ pub fn compress(
     let (_, source_macs) = run.params_of(&vec![None; n]);
     report.source.conv_macs = source_macs;
     if choice.iter().all(Option::is_none) {
-        report.nothing_to_do = Some("no convolution met the bound (and, where asked, was faster): the model is unchanged".into());
+        report.nothing_to_do =
+            Some("no convolution met the bound (and, where asked, was faster): the model is unchanged".into());
         report.fidelity = Some(fidelity);
         report.stages = stages;
         report.peak_rss_mib = peak_rss_mib();

@@ -158,10 +158,7 @@ fn conv_of(n: &NodeProto, inits: &HashMap<&str, &TensorProto>) -> Result<Conv, U
         Some(b) => return Err(no(format!("its bias `{b}` is not a constant"))),
     };
     let Some(kernel) = to_usize(&w.dims).filter(|d| d.len() == 4) else {
-        return Err(no(format!(
-            "not a 2-D convolution (weight shape {:?})",
-            w.dims
-        )));
+        return Err(no(format!("not a 2-D convolution (weight shape {:?})", w.dims)));
     };
     let group = int(n, "group").unwrap_or(1);
     if group != 1 {
@@ -221,10 +218,7 @@ pub fn fold_batch_norms(model: &mut ModelProto) -> Result<Vec<Folded>, GraphErro
         return Ok(Vec::new());
     };
     let mut folded = Vec::new();
-    loop {
-        let Some((ci, bi)) = next_foldable(g) else {
-            break;
-        };
+    while let Some((ci, bi)) = next_foldable(g) {
         let (conv, bn) = (g.node[ci].clone(), g.node[bi].clone());
         let inits = initializers(g);
         let get = |name: &str| -> Result<Vec<f32>, GraphError> {
@@ -235,7 +229,12 @@ pub fn fold_batch_norms(model: &mut ModelProto) -> Result<Vec<Folded>, GraphErro
             Ok(floats(t)?)
         };
         let mut w = get(&conv.input[1])?;
-        let (gamma, beta, mean, var) = (get(&bn.input[1])?, get(&bn.input[2])?, get(&bn.input[3])?, get(&bn.input[4])?);
+        let (gamma, beta, mean, var) = (
+            get(&bn.input[1])?,
+            get(&bn.input[2])?,
+            get(&bn.input[3])?,
+            get(&bn.input[4])?,
+        );
         let k = gamma.len();
         let wdims = inits
             .get(conv.input[1].as_str())
@@ -261,7 +260,10 @@ pub fn fold_batch_norms(model: &mut ModelProto) -> Result<Vec<Folded>, GraphErro
             b[o] = (b[o] - mean[o]) * s + beta[o];
         }
         let base = node_name(&conv);
-        let (wn, bn_name) = (unique(g, &format!("{base}.bn_folded.weight")), unique(g, &format!("{base}.bn_folded.bias")));
+        let (wn, bn_name) = (
+            unique(g, &format!("{base}.bn_folded.weight")),
+            unique(g, &format!("{base}.bn_folded.bias")),
+        );
         let wdims: Vec<usize> = wdims.iter().map(|&d| d as usize).collect();
         g.initializer.push(float_tensor(&wn, &wdims, &w));
         g.initializer.push(float_tensor(&bn_name, &[k], &b));

@@ -248,7 +248,10 @@ mod tests {
         let out = d.path().join("out.onnx");
         write_atomic(&out, b"abc").unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"abc");
-        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(matches!(check_output(&out, &out), Err(ModelFileError::SameFile(_))));
     }

@@ -92,7 +92,9 @@ mod tests {
     fn ladder_saves_parameters_and_grows() {
         let l = ladder(512, 1024, 9, 8);
         assert!(l.iter().all(|&(a, b)| a % 8 == 0 && b % 8 == 0));
-        assert!(l.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1 && w[0] != w[1]));
+        assert!(l
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1 && w[0] != w[1]));
         let &(a, b) = l.last().unwrap();
         assert!(tucker_params(512, 1024, 9, a, b) < 512 * 1024 * 9);
         // 3 input channels: R_in stays at most 3.

@@ -78,14 +78,7 @@ impl PatchStats {
                 }
             }
             let xs = x.subcols(0, n);
-            matmul(
-                self.sigma.as_mut(),
-                Accum::Add,
-                xs,
-                xs.transpose(),
-                1.0,
-                Par::rayon(0),
-            );
+            matmul(self.sigma.as_mut(), Accum::Add, xs, xs.transpose(), 1.0, Par::rayon(0));
             self.count += n as f64;
             start += n;
         }
@@ -221,7 +214,9 @@ mod tests {
             let mut num = 0.0;
             let mut den = 0.0;
             for _ in 0..2 {
-                let x: Vec<f32> = (0..cv.in_channels() * h * w).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let x: Vec<f32> = (0..cv.in_channels() * h * w)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
                 st.add_image(&cv, &x, h, w);
                 let (y, y2) = (direct(&cv, &wt, &b, &x, h, w), direct(&cv, &w2, &b, &x, h, w));
                 num += y.iter().zip(&y2).map(|(a, b)| (a - b) * (a - b)).sum::<f64>();

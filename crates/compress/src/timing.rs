@@ -42,7 +42,11 @@ impl Spread {
         }
         s.sort_by(f64::total_cmp);
         let n = s.len();
-        let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
         Self {
             median,
             min: s[0],
@@ -114,12 +118,16 @@ pub fn time_layer(
     let mut a = open(rt, opts, dir, "layer-original.onnx", original)?;
     let mut b = open(rt, opts, dir, "layer-decomposed.onnx", decomposed)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let x: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     // Warm up both (first runs allocate and pick kernels), then size the blocks from the slower.
     run_n(&mut a, "x", shape, &x, 2)?;
     run_n(&mut b, "x", shape, &x, 2)?;
     let one = run_n(&mut a, "x", shape, &x, 1)?.max(run_n(&mut b, "x", shape, &x, 1)?);
-    let n = (plan.block.as_secs_f64() / one.as_secs_f64().max(1e-6)).ceil().clamp(1.0, 1000.0) as usize;
+    let n = (plan.block.as_secs_f64() / one.as_secs_f64().max(1e-6))
+        .ceil()
+        .clamp(1.0, 1000.0) as usize;
     let (mut ta, mut tb, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..plan.rounds.max(1) {
         // Alternate which goes first, so neither always follows the other's cache state.
@@ -171,7 +179,7 @@ pub fn compare_models(
     let mut cands = Vec::new();
     a.warm_up(2)?;
     b.warm_up(2)?;
-    let mut block = |d: &mut Detector, input, cands: &mut Vec<_>| -> Result<f64, TimingError> {
+    let block = |d: &mut Detector, input, cands: &mut Vec<_>| -> Result<f64, TimingError> {
         let t0 = Instant::now();
         for _ in 0..runs.max(1) {
             d.infer(input, 0.25, cands)?;

@@ -26,7 +26,12 @@ pub enum TuckerError {
     #[error("eigendecomposition did not converge")]
     Eigen,
     #[error("ranks ({r_in}, {r_out}) exceed the kernel's channels ({c}, {k})")]
-    Ranks { r_in: usize, r_out: usize, c: usize, k: usize },
+    Ranks {
+        r_in: usize,
+        r_out: usize,
+        c: usize,
+        k: usize,
+    },
 }
 
 /// A K×C×kh×kw kernel as its K × C·T unfolding.
@@ -283,7 +288,10 @@ mod tests {
     fn exact_low_multilinear_rank_is_reconstructed() {
         let kern = low_rank(24, 16, 9, 5, 7, 1);
         let p = Prepared::new(kern.clone(), None).unwrap();
-        for how in [Factorisation::Hosvd { hooi_iterations: 0 }, Factorisation::Hosvd { hooi_iterations: 3 }] {
+        for how in [
+            Factorisation::Hosvd { hooi_iterations: 0 },
+            Factorisation::Hosvd { hooi_iterations: 3 },
+        ] {
             let f = p.factors(how, 5, 7, None).unwrap();
             let e = kern.relative_error(&f.reconstruct());
             assert!(e < 1e-5, "{how:?}: {e}");
@@ -323,7 +331,10 @@ mod tests {
 
     #[test]
     fn params_count_three_convolutions_or_two_for_1x1() {
-        assert_eq!(tucker_params(512, 1024, 9, 256, 512), 512 * 256 + 256 * 512 * 9 + 512 * 1024);
+        assert_eq!(
+            tucker_params(512, 1024, 9, 256, 512),
+            512 * 256 + 256 * 512 * 9 + 512 * 1024
+        );
         assert_eq!(tucker_params(1024, 256, 1, 64, 64), 1024 * 64 + 64 * 256);
     }
 
