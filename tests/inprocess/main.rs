@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod compress;
 mod exact_models;
 mod golden;
 mod mavlink;

@@ -361,60 +361,67 @@ impl Layer {
 
     /// The replacement chain of factors `f`.
     fn steps(&self, f: &Factors) -> Vec<ConvStep> {
-        let [k, c, kh, kw] = self.conv.kernel;
-        let to32 = |m: &Mat<f64>| -> Vec<f32> {
-            let mut v = Vec::with_capacity(m.nrows() * m.ncols());
-            for i in 0..m.nrows() {
-                for j in 0..m.ncols() {
-                    v.push(m[(i, j)] as f32);
-                }
+        replacement(&self.conv, f, self.bias_f32.clone())
+    }
+}
+
+/// The convolutions that replace `conv` with factors `f`: for a kh×kw kernel 1×1 (C → R_in), kh×kw (R_in →
+/// R_out, the original stride, padding and dilation), 1×1 (R_out → K, the bias); for a 1×1 kernel two 1×1
+/// convolutions of rank R (the first carries the stride), the core merged into the second.
+pub fn replacement(conv: &Conv, f: &Factors, bias: Option<Vec<f32>>) -> Vec<ConvStep> {
+    let [k, c, kh, kw] = conv.kernel;
+    let to32 = |m: &Mat<f64>| -> Vec<f32> {
+        let mut v = Vec::with_capacity(m.nrows() * m.ncols());
+        for i in 0..m.nrows() {
+            for j in 0..m.ncols() {
+                v.push(m[(i, j)] as f32);
             }
-            v
-        };
-        let (ri, ro) = (f.r_in(), f.r_out());
-        if self.conv.taps() == 1 {
-            let last = &f.u * &f.core;
-            vec![
-                ConvStep {
-                    suffix: "lowrank_in",
-                    kernel: [ri, c, 1, 1],
-                    weight: to32(&f.a),
-                    bias: None,
-                    spatial: true,
-                },
-                ConvStep {
-                    suffix: "lowrank_out",
-                    kernel: [k, ri, 1, 1],
-                    weight: to32(&last),
-                    bias: self.bias_f32.clone(),
-                    spatial: false,
-                },
-            ]
-        } else {
-            vec![
-                ConvStep {
-                    suffix: "tucker_in",
-                    kernel: [ri, c, 1, 1],
-                    weight: to32(&f.a),
-                    bias: None,
-                    spatial: false,
-                },
-                ConvStep {
-                    suffix: "tucker_core",
-                    kernel: [ro, ri, kh, kw],
-                    weight: to32(&f.core),
-                    bias: None,
-                    spatial: true,
-                },
-                ConvStep {
-                    suffix: "tucker_out",
-                    kernel: [k, ro, 1, 1],
-                    weight: to32(&f.u),
-                    bias: self.bias_f32.clone(),
-                    spatial: false,
-                },
-            ]
         }
+        v
+    };
+    let (ri, ro) = (f.r_in(), f.r_out());
+    if conv.taps() == 1 {
+        let last = &f.u * &f.core;
+        vec![
+            ConvStep {
+                suffix: "lowrank_in",
+                kernel: [ri, c, 1, 1],
+                weight: to32(&f.a),
+                bias: None,
+                spatial: true,
+            },
+            ConvStep {
+                suffix: "lowrank_out",
+                kernel: [k, ri, 1, 1],
+                weight: to32(&last),
+                bias,
+                spatial: false,
+            },
+        ]
+    } else {
+        vec![
+            ConvStep {
+                suffix: "tucker_in",
+                kernel: [ri, c, 1, 1],
+                weight: to32(&f.a),
+                bias: None,
+                spatial: false,
+            },
+            ConvStep {
+                suffix: "tucker_core",
+                kernel: [ro, ri, kh, kw],
+                weight: to32(&f.core),
+                bias: None,
+                spatial: true,
+            },
+            ConvStep {
+                suffix: "tucker_out",
+                kernel: [k, ro, 1, 1],
+                weight: to32(&f.u),
+                bias,
+                spatial: false,
+            },
+        ]
     }
 }
 
