@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Real photos for `kestrel compress` and `kestrel evaluate`, from package registries only, into .cache/frames/:
-#   calibration/  scikit-image's sample photos (PyPI wheel) and OpenCV's sample photos in which the shipped
-#                 YOLOv3-tiny finds nothing (Debian's opencv-doc): only the layers' inputs matter there;
-#   eval/         Debian darknet's photos and the OpenCV samples in which it does find objects: the held-out
-#                 frames of the fidelity check (the original's detections are their ground truth).
-# The two sets share no image. Idempotent.
+#   calibration/  scikit-image's sample photos (PyPI wheel) and most of OpenCV's sample photos (Debian's
+#                 opencv-doc), each also as a centre crop: the layers' inputs are captured on these;
+#   eval/         Debian darknet's photos and the OpenCV samples with the most objects, each also as four corner
+#                 crops and a centre crop (the model sees other scales and framings, so each crop is another
+#                 frame): the held-out frames of the fidelity check (the original's detections are their truth).
+# The two sets share no photo, and no scene (near-duplicate pairs such as leuvenA/leuvenB and
+# basketball1/basketball2 stay on one side). Idempotent.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$ROOT/.cache/frames
@@ -12,10 +14,12 @@ CAL=$OUT/calibration EVAL=$OUT/eval DL=$ROOT/.cache/downloads
 SKIMAGE=(astronaut.png camera.png chelsea.png coffee.png motorcycle_left.png motorcycle_right.png rocket.jpg
   grass.png gravel.png brick.png clock_motion.png hubble_deep_field.jpg)
 OCV_CAL=(aero1.jpg aero3.jpg apple.jpg baboon.jpg board.jpg butterfly.jpg chicky_512.png home.jpg leuvenA.jpg
-  orange.jpg squirrel_cls.jpg starry_night.jpg box_in_scene.png ela_original.jpg licenseplate_motion.jpg)
-OCV_EVAL=(basketball1.png basketball2.png building.jpg fruits.jpg leuvenB.jpg messi5.jpg smarties.png stuff.jpg
-  aloeL.jpg)
-[ -s "$EVAL/messi5.jpg" ] && [ -s "$CAL/astronaut.png" ] && [ -s "$EVAL/person.jpg" ] && exit 0
+  leuvenB.jpg orange.jpg squirrel_cls.jpg starry_night.jpg box_in_scene.png ela_original.jpg
+  licenseplate_motion.jpg fruits.jpg)
+OCV_EVAL=(basketball1.png basketball2.png building.jpg messi5.jpg smarties.png stuff.jpg aloeL.jpg)
+STAMP=$OUT/.complete-2
+[ -f "$STAMP" ] && exit 0
+rm -rf "$CAL" "$EVAL"
 mkdir -p "$CAL" "$EVAL" "$DL"
 PY=$("$ROOT/scripts/python-env.sh")
 # scikit-image 0.26.0: the images are inside the wheel (skimage/data/); not installed, only unpacked.
@@ -37,4 +41,23 @@ D=$tmp/usr/share/doc/opencv-doc/examples/data
 for f in "${OCV_CAL[@]}"; do cp "$D/$f" "$CAL/opencv-$f"; done
 for f in "${OCV_EVAL[@]}"; do cp "$D/$f" "$EVAL/opencv-$f"; done
 cp "$ROOT"/.cache/darknet/*.jpg "$EVAL/"
+# Crops (OpenCV from the venv): centre 60 % for calibration; four corners at 70 % and the centre at 60 % for
+# evaluation. PNG, so no second lossy compression.
+"$PY" - "$CAL" "$EVAL" <<'PY'
+import os, sys, cv2
+def crops(path, boxes):
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    stem = os.path.splitext(path)[0]
+    for name, (x0, y0, x1, y1) in boxes.items():
+        cv2.imwrite(f"{stem}.crop-{name}.png", img[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)])
+centre = {"centre": (0.2, 0.2, 0.8, 0.8)}
+corners = {"tl": (0, 0, 0.7, 0.7), "tr": (0.3, 0, 1, 0.7), "bl": (0, 0.3, 0.7, 1), "br": (0.3, 0.3, 1, 1)}
+cal, ev = sys.argv[1], sys.argv[2]
+for f in sorted(os.listdir(cal)):
+    crops(os.path.join(cal, f), centre)
+for f in sorted(os.listdir(ev)):
+    crops(os.path.join(ev, f), {**centre, **corners})
+PY
+touch "$STAMP"
 echo "frames: $(ls "$CAL" | wc -l) calibration, $(ls "$EVAL" | wc -l) evaluation in $OUT" >&2

@@ -45,6 +45,14 @@ fn open_unit(s: &str) -> Result<f64, String> {
     }
 }
 
+/// clap value parser: a number from 0 to 1.
+fn closed_unit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
+}
+
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(v) if v > 0 => Ok(v),
@@ -78,6 +86,10 @@ pub struct CompressArgs {
     /// How the factors are chosen (default: data-aware with the calibration probe, HOSVD with random).
     #[arg(long, value_enum)]
     pub factorisation: Option<FactorArg>,
+    /// Data-aware factors: shrink the captured covariances towards the identity by this much (0: fit the
+    /// calibration frames only; 1: the data-blind HOSVD directions).
+    #[arg(long, default_value_t = 0.0, value_parser = closed_unit)]
+    pub shrinkage: f64,
     /// HOOI refinements of the HOSVD factors.
     #[arg(long, default_value_t = 0)]
     pub hooi_iterations: usize,
@@ -342,6 +354,7 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
         fps_rounds: a.fps_rounds,
         compare: !a.no_compare,
         fixed_ranks: a.ranks.iter().cloned().collect(),
+        shrinkage: a.shrinkage,
         exclude: a.exclude.clone(),
         ..Options::default()
     };

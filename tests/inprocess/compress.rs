@@ -338,7 +338,7 @@ fn full_rank_replacement_equals_the_original_through_onnx_runtime() {
         for (c, cap) in convs.iter().zip(&cap.layers) {
             let stats = &cap.as_ref().unwrap().stats;
             let (kern, bias) = kernel_of(&folded, c);
-            let p = Prepared::new(kern, Some(stats)).unwrap();
+            let p = Prepared::new(kern, Some(stats), 0.0).unwrap();
             let [k, ch, _, _] = c.kernel;
             let (ri, ro) = if c.taps() == 1 { (k.min(ch), k.min(ch)) } else { (ch, k) };
             let f = p.factors(how, ri, ro, Some(stats)).unwrap();
@@ -381,7 +381,7 @@ fn predicted_error_equals_the_measured_one_and_one_layer_models_agree() {
         let c = &convs[i];
         let st = &cap.layers[i].as_ref().unwrap().stats;
         let (kern, bias) = kernel_of(&folded, c);
-        let p = Prepared::new(kern.clone(), Some(st)).unwrap();
+        let p = Prepared::new(kern.clone(), Some(st), 0.3).unwrap();
         let b64: Vec<f64> = bias.iter().flatten().map(|&v| f64::from(v)).collect();
         for how in [Factorisation::DataAware, Factorisation::Hosvd { hooi_iterations: 0 }] {
             let f = p.factors(how, ranks.0, ranks.1, Some(st)).unwrap();
@@ -389,6 +389,7 @@ fn predicted_error_equals_the_measured_one_and_one_layer_models_agree() {
                 kern.w.as_ref(),
                 f.reconstruct().as_ref(),
                 st.output_energy(kern.w.as_ref(), &b64),
+                f.bias_shift.as_deref(),
             );
             let mut m = folded.clone();
             graph::replace_conv(m.graph.as_mut().unwrap(), c, &replacement(c, &f, bias.clone())).unwrap();

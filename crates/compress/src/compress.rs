@@ -105,6 +105,8 @@ pub struct Options {
     pub fixed_ranks: HashMap<String, (usize, usize)>,
     /// Layers (by node name) left as they are.
     pub exclude: Vec<String>,
+    /// Shrinkage of the data-aware covariances towards the identity, 0..=1.
+    pub shrinkage: f64,
 }
 
 impl Default for Options {
@@ -124,6 +126,7 @@ impl Default for Options {
             compare: true,
             fixed_ranks: HashMap::new(),
             exclude: Vec::new(),
+            shrinkage: 0.0,
         }
     }
 }
@@ -267,6 +270,7 @@ pub struct Report {
     pub method: &'static str,
     pub probe: Probe,
     pub factorisation: Factorisation,
+    pub shrinkage: f64,
     pub rank_multiple: usize,
     pub max_layer_error: f64,
     /// The bound finally used (tighter than asked when fidelity was short).
@@ -321,8 +325,12 @@ impl Layer {
             let w2 = f.reconstruct();
             let w = self.prepared.kernel.w.as_ref();
             let e = Errors {
-                calibration: self.calib.relative_error(w, w2.as_ref(), self.energy.0),
-                random: self.random.relative_error(w, w2.as_ref(), self.energy.1),
+                calibration: self
+                    .calib
+                    .relative_error(w, w2.as_ref(), self.energy.0, f.bias_shift.as_deref()),
+                random: self
+                    .random
+                    .relative_error(w, w2.as_ref(), self.energy.1, f.bias_shift.as_deref()),
                 weight: self.prepared.kernel.relative_error(&w2),
             };
             self.memo.insert((how, r), (f, e));
@@ -370,6 +378,15 @@ impl Layer {
 /// convolutions of rank R (the first carries the stride), the core merged into the second.
 pub fn replacement(conv: &Conv, f: &Factors, bias: Option<Vec<f32>>) -> Vec<ConvStep> {
     let [k, c, kh, kw] = conv.kernel;
+    let bias = match (&f.bias_shift, bias) {
+        (Some(shift), b) => Some(
+            (0..k)
+                .map(|o| b.as_ref().map_or(0.0, |b| f64::from(b[o])) + shift[o])
+                .map(|v| v as f32)
+                .collect(),
+        ),
+        (None, b) => b,
+    };
     let to32 = |m: &Mat<f64>| -> Vec<f32> {
         let mut v = Vec::with_capacity(m.nrows() * m.ncols());
         for i in 0..m.nrows() {
@@ -698,6 +715,7 @@ pub fn compress(
         method: "tucker",
         probe: opts.probe,
         factorisation: opts.factorisation,
+        shrinkage: opts.shrinkage,
         rank_multiple: opts.rank_multiple,
         max_layer_error: opts.max_layer_error,
         bound_used: opts.max_layer_error,
@@ -906,10 +924,11 @@ pub fn compress(
         let positions = conv.output_size(h, wd).0 * conv.output_size(h, wd).1;
         let samples = (2 * d).div_ceil(positions.max(1)).clamp(1, 32);
         let random = PatchStats::random(conv, h, wd, samples, 0x6b65_7374 + i as u64);
-        let prepared = Prepared::new(kernel, Some(&captured.stats)).map_err(|source| CompressError::Tucker {
-            layer: conv.name.clone(),
-            source,
-        })?;
+        let prepared =
+            Prepared::new(kernel, Some(&captured.stats), opts.shrinkage).map_err(|source| CompressError::Tucker {
+                layer: conv.name.clone(),
+                source,
+            })?;
         let wref = prepared.kernel.w.as_ref();
         let energy = (
             captured.stats.output_energy(wref, &bias),

@@ -14,7 +14,9 @@
 //!   the input-channel covariance Σ_c (S = Σ_c^½): with B the K·T × C stack of the kernel's taps, the best
 //!   rank-R_in input projection for ‖B (I − P) S‖ is P = S V Vᵀ S⁻¹ with V the leading right singular vectors
 //!   of B·S (ASVD/SVD-LLM's whitening; Zhang et al. 2015 for CNNs). The output side is then exact: U holds the
-//!   leading eigenvectors of the covariance of the input-projected layer's outputs (W′_in Σ_p W′_inᵀ).
+//!   leading eigenvectors of the covariance of the input-projected layer's outputs (W′_in Σ_p W′_inᵀ). Both
+//!   use the statistics about their mean, and the bias absorbs the mean: b′ = b + (W − W′)·μ (the "bias
+//!   correction" of post-training quantisation), so the mean output on the calibration frames is kept.
 
 use faer::{Mat, MatRef, Side};
 use thiserror::Error;
@@ -75,6 +77,9 @@ pub struct Factors {
     /// K × R_out: the last 1×1 convolution.
     pub u: Mat<f64>,
     pub taps: usize,
+    /// Added to the layer's bias so that its mean output on the captured inputs is kept, (W − W′)·μ
+    /// (data-aware factors only).
+    pub bias_shift: Option<Vec<f64>>,
 }
 
 /// y[k, c′·T + t] = Σ_c x[k, c·T + t] · m[c, c′]: apply `m` (Cin × Cout) to the channel mode of a
@@ -116,6 +121,7 @@ pub struct Prepared {
     v_full: Mat<f64>,
     /// Data-aware, when input statistics were given: S·V (C × C) and Vᵀ·S⁻¹ (C × C), V from SVD of B·S.
     whitened: Option<(Mat<f64>, Mat<f64>)>,
+    shrinkage: f64,
 }
 
 /// Which factorisation.
@@ -129,14 +135,15 @@ pub enum Factorisation {
 }
 
 impl Prepared {
-    /// `stats`: the layer's input statistics, needed for [`Factorisation::DataAware`].
-    pub fn new(kernel: Kernel, stats: Option<&PatchStats>) -> Result<Self, TuckerError> {
+    /// `stats`: the layer's input statistics, needed for [`Factorisation::DataAware`]; `shrinkage` ∈ [0, 1]
+    /// of its covariances towards the identity ([`PatchStats::channel_covariance`]).
+    pub fn new(kernel: Kernel, stats: Option<&PatchStats>, shrinkage: f64) -> Result<Self, TuckerError> {
         let (k, c, t) = (kernel.k, kernel.c, kernel.taps);
         let u_full = left_vectors(kernel.w.as_ref(), k)?;
         let b = taps_stack(kernel.w.as_ref(), c, t);
         let v_full = top_eigenvectors((b.transpose() * &b).as_ref(), c)?.0;
         let whitened = match stats {
-            Some(s) => Some(whiten(&b, &s.channel_covariance(c, t))?),
+            Some(s) => Some(whiten(&b, &s.channel_covariance(c, t, shrinkage))?),
             None => None,
         };
         Ok(Self {
@@ -144,6 +151,7 @@ impl Prepared {
             u_full,
             v_full,
             whitened,
+            shrinkage,
         })
     }
 
@@ -178,10 +186,18 @@ impl Prepared {
                 // W_r = W ×₂ Vinᵀ (K × R_in·T); W′_in = W_r ×₂ A (K × C·T).
                 let wr = apply_in(kk.w.as_ref(), vin, t);
                 let w_in = apply_in(wr.as_ref(), a.as_ref(), t);
-                let cov_y = stats.output_covariance(w_in.as_ref());
+                let cov_y = stats.output_covariance(w_in.as_ref(), self.shrinkage);
                 let u = top_eigenvectors(cov_y.as_ref(), r_out)?.0;
                 let core = u.transpose() * &wr;
-                Ok(Factors { a, core, u, taps: t })
+                let mut f = Factors {
+                    a,
+                    core,
+                    u,
+                    taps: t,
+                    bias_shift: None,
+                };
+                f.bias_shift = Some(stats.bias_shift(kk.w.as_ref(), f.reconstruct().as_ref()));
+                Ok(f)
             }
             _ => {
                 let iters = match how {
@@ -205,6 +221,7 @@ impl Prepared {
                     core,
                     u,
                     taps: t,
+                    bias_shift: None,
                 })
             }
         }
@@ -275,6 +292,7 @@ mod tests {
             core: random(r_out, r_in * t, &mut rng),
             u: random(k, r_out, &mut rng),
             taps: t,
+            bias_shift: None,
         };
         Kernel {
             k,
@@ -287,7 +305,7 @@ mod tests {
     #[test]
     fn exact_low_multilinear_rank_is_reconstructed() {
         let kern = low_rank(24, 16, 9, 5, 7, 1);
-        let p = Prepared::new(kern.clone(), None).unwrap();
+        let p = Prepared::new(kern.clone(), None, 0.0).unwrap();
         for how in [
             Factorisation::Hosvd { hooi_iterations: 0 },
             Factorisation::Hosvd { hooi_iterations: 3 },
@@ -310,7 +328,7 @@ mod tests {
             taps: 9,
             w: random(12, 90, &mut rng),
         };
-        let p = Prepared::new(kern.clone(), None).unwrap();
+        let p = Prepared::new(kern.clone(), None, 0.0).unwrap();
         let h = Factorisation::Hosvd { hooi_iterations: 0 };
         assert!(kern.relative_error(&p.factors(h, 10, 12, None).unwrap().reconstruct()) < 1e-10);
         let mut last = f64::INFINITY;
@@ -341,7 +359,7 @@ mod tests {
     #[test]
     fn ranks_are_checked() {
         let kern = low_rank(8, 4, 1, 2, 2, 3);
-        let p = Prepared::new(kern, None).unwrap();
+        let p = Prepared::new(kern, None, 0.0).unwrap();
         assert!(p.factors(Factorisation::DataAware, 5, 2, None).is_err());
         assert!(p.factors(Factorisation::DataAware, 0, 2, None).is_err());
     }
