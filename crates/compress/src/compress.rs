@@ -126,7 +126,7 @@ impl Default for Options {
             compare: true,
             fixed_ranks: HashMap::new(),
             exclude: Vec::new(),
-            shrinkage: 0.0,
+            shrinkage: 0.9,
         }
     }
 }
