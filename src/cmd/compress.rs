@@ -117,6 +117,10 @@ pub struct CompressArgs {
     /// Leave these layers (node names) as they are. Repeat or separate with commas.
     #[arg(long, value_name = "LAYER", value_delimiter = ',')]
     pub exclude: Vec<String>,
+    /// Also decompose the detection head's output convolutions (left alone by default: their outputs are the
+    /// detections' logits).
+    #[arg(long)]
+    pub include_head: bool,
     /// Skip the comparisons (other factorisation at the same ranks, the other probe's search).
     #[arg(long)]
     pub no_compare: bool,
@@ -193,16 +197,20 @@ fn progress_printer() -> impl FnMut(Event<'_>) {
 }
 
 fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let on = if r.execution_provider.is_empty() {
+        String::new()
+    } else {
+        format!(", on {}", r.execution_provider)
+    };
     writeln!(
         out,
-        "kestrel compress: {} (sha256 {}…), tucker, probe {:?}, factors {:?}, bound {:.4} (asked {:.4}), on {}",
+        "kestrel compress: {} (sha256 {}…), tucker, probe {:?}, factors {:?}, bound {:.4} (asked {:.4}){on}",
         r.source.path,
         &r.source.sha256[..12.min(r.source.sha256.len())],
         r.probe,
         r.factorisation,
         r.bound_used,
         r.max_layer_error,
-        r.execution_provider
     )?;
     for (what, f) in [("calibration", &r.calibration), ("evaluation", &r.evaluation)] {
         if f.files > 0 {
@@ -282,7 +290,7 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
         let f = r.fidelity.as_ref().map_or(f64::NAN, |f| f.map50);
         writeln!(
             out,
-            "params {} → {} ({:+.1} %), conv MACs {:.3} → {:.3} G ({:+.1} %), mAP@0.5 vs original {:.4}",
+            "params {} → {} ({:+.1} %), MACs of the decomposable convolutions {:.3} → {:.3} G ({:+.1} %), mAP@0.5 vs original {:.4}",
             r.source.params,
             o.params,
             100.0 * (o.params as f64 / r.source.params as f64 - 1.0),
@@ -356,6 +364,7 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
         compare: !a.no_compare,
         fixed_ranks: a.ranks.iter().cloned().collect(),
         shrinkage: a.shrinkage,
+        include_head: a.include_head,
         exclude: a.exclude.clone(),
         ..Options::default()
     };

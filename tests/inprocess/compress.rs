@@ -73,6 +73,16 @@ fn value(name: &str, dims: Option<&[i64]>) -> ValueInfoProto {
     }
 }
 
+/// name, input, output, kernel, has a bias, attributes.
+type ConvSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    [usize; 4],
+    bool,
+    Vec<AttributeProto>,
+);
+
 /// The constructed model; its convolutions in order: c1 … c9.
 fn zoo() -> ModelProto {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -85,7 +95,7 @@ fn zoo() -> ModelProto {
         let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
         g.initializer.push(float_tensor(name, dims, &v));
     };
-    let convs: &[(&str, &str, &str, [usize; 4], bool, Vec<AttributeProto>)] = &[
+    let convs: &[ConvSpec] = &[
         (
             "c1",
             "x",
@@ -313,6 +323,21 @@ fn batch_norm_folds_and_unsupported_convolutions_say_why() {
     assert!(why[0].0 == "c6" && why[0].1.contains("grouped"), "{why:?}");
     assert!(why[1].0 == "c7" && why[1].1.contains("depthwise"), "{why:?}");
     assert!(why[2].0 == "c8" && why[2].1.contains("not a constant"), "{why:?}");
+    // Only c9 produces a graph output without another convolution after it.
+    let head = graph::head_convolutions(folded.graph.as_ref().unwrap());
+    assert_eq!(head.into_iter().collect::<Vec<_>>(), ["c9"]);
+}
+
+#[test]
+fn the_trained_models_head_is_its_two_output_convolutions() {
+    let _g = common::shared_lock();
+    let m = OnnxModel::load(&common::model("yolov3-tiny-416.onnx")).unwrap();
+    let mut head: Vec<String> = graph::head_convolutions(m.proto.graph.as_ref().unwrap())
+        .into_iter()
+        .collect();
+    head.sort();
+    // The 1×1 convolutions to 255 = 3 × (5 + 80) channels at 13×13 and 26×26.
+    assert_eq!(head, ["conv_45", "conv_86"]);
 }
 
 #[test]

@@ -154,7 +154,7 @@ def compressed(kestrel_bin, few_frames, tmp_path_factory):
     r = kestrel(kestrel_bin, "compress", "--model", ROOT / MODEL, "--out", out, "--calibration", few_frames[0],
                 "--eval", few_frames[1], "--report", report, "--factorisation", "hosvd", "--probe", "calibration",
                 "--max-layer-error", BOUND, "--min-fidelity", 0.5, "--require-faster", "false", "--fps-rounds", 0,
-                "--no-compare", "--ranks", ranks)
+                "--no-compare", "--include-head", "--ranks", ranks)
     assert r.returncode == 0, r.stderr
     # Written atomically: only the model in its directory, no temporary `.kestrel-compress-*.part` left.
     assert sorted(os.listdir(out_dir)) == [out.name]

@@ -107,6 +107,8 @@ pub struct Options {
     pub exclude: Vec<String>,
     /// Shrinkage of the data-aware covariances towards the identity, 0..=1.
     pub shrinkage: f64,
+    /// Also decompose the detection head's output convolutions ([`graph::head_convolutions`]).
+    pub include_head: bool,
 }
 
 impl Default for Options {
@@ -127,6 +129,7 @@ impl Default for Options {
             fixed_ranks: HashMap::new(),
             exclude: Vec::new(),
             shrinkage: 0.9,
+            include_head: false,
         }
     }
 }
@@ -707,8 +710,26 @@ pub fn compress(
     })?;
     let g = source.proto.graph.clone().unwrap_or_default();
     let found = graph::convolutions(&g);
+    let head = graph::head_convolutions(&g);
     let convs: Vec<Conv> = found.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
-    let unsupported: Vec<Unsupported> = found.iter().filter_map(|c| c.as_ref().err().cloned()).collect();
+    let mut unsupported: Vec<Unsupported> = found.iter().filter_map(|c| c.as_ref().err().cloned()).collect();
+    // Left as they are without any work: the detection head's outputs (unless asked), and --exclude.
+    let (convs, left): (Vec<Conv>, Vec<Conv>) = convs
+        .into_iter()
+        .partition(|c| !opts.exclude.contains(&c.name) && (opts.include_head || !head.contains(&c.name)));
+    let nothing_supported = convs.is_empty() && left.is_empty();
+    for c in &left {
+        unsupported.push(Unsupported {
+            name: c.name.clone(),
+            reason: if opts.exclude.contains(&c.name) {
+                "excluded (--exclude)".into()
+            } else {
+                "a detection-head output convolution (its outputs are the detections' logits, and it holds few \
+                 parameters): left as it is (--include-head decomposes it too)"
+                    .into()
+            },
+        });
+    }
     let params = graph::parameter_count(&g);
     let mut report = Report {
         kestrel_compress_report: 1,
@@ -763,8 +784,13 @@ pub fn compress(
     if convs.is_empty() {
         report.nothing_to_do = Some(if unsupported.is_empty() {
             "the model has no convolutions".into()
-        } else {
+        } else if nothing_supported {
             format!("none of its {} convolutions can be decomposed", unsupported.len())
+        } else {
+            format!(
+                "all {} of its decomposable convolutions are left out",
+                unsupported.len()
+            )
         });
         return Ok(report);
     }
@@ -1003,20 +1029,25 @@ pub fn compress(
     let (meets, mut fidelity) = check(&mut run, &decisions, bound, &mut report.tries, progress)?;
     if !meets {
         let (mut lo, mut hi) = (0.0f64, bound);
-        let mut best: Option<(f64, Vec<Decision>, Evaluation)> = None;
+        // Of the tries that meet the fidelity, keep the one with the fewest parameters (the bisection steers
+        // by the bound, but which layers the device finds faster need not change monotonically with it).
+        let mut best: Option<(f64, Vec<Decision>, Evaluation, usize)> = None;
         for _ in 0..opts.tighten_steps {
             let mid = (lo + hi) / 2.0;
             let ds = at_bound(&mut run, mid, progress)?;
             let (ok, ev) = check(&mut run, &ds, mid, &mut report.tries, progress)?;
             if ok {
                 lo = mid;
-                best = Some((mid, ds, ev));
+                let params = report.tries.last().map_or(usize::MAX, |t| t.params);
+                if best.as_ref().is_none_or(|b| params < b.3) {
+                    best = Some((mid, ds, ev, params));
+                }
             } else {
                 hi = mid;
             }
         }
         match best {
-            Some((b, ds, ev)) => {
+            Some((b, ds, ev, _)) => {
                 bound = b;
                 decisions = ds;
                 fidelity = ev;

@@ -204,6 +204,39 @@ fn conv_of(n: &NodeProto, inits: &HashMap<&str, &TensorProto>) -> Result<Conv, U
     })
 }
 
+/// The convolutions of the detection head's outputs: those whose output reaches a graph output without
+/// passing through another convolution (their channels are the output layout, their values the detections'
+/// logits). By their names.
+pub fn head_convolutions(g: &GraphProto) -> HashSet<String> {
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    let mut head = HashSet::new();
+    for n in g.node.iter().filter(|n| n.op_type() == "Conv") {
+        let mut frontier: Vec<&str> = n.output.iter().map(String::as_str).collect();
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut reaches = false;
+        while let Some(t) = frontier.pop() {
+            if !seen.insert(t) {
+                continue;
+            }
+            if outputs.contains(t) {
+                reaches = true;
+                break;
+            }
+            for m in g
+                .node
+                .iter()
+                .filter(|m| m.op_type() != "Conv" && m.input.iter().any(|i| i == t))
+            {
+                frontier.extend(m.output.iter().map(String::as_str));
+            }
+        }
+        if reaches {
+            head.insert(node_name(n));
+        }
+    }
+    head
+}
+
 /// A `BatchNormalization` folded into the convolution before it.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Folded {
