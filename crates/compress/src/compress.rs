@@ -483,13 +483,6 @@ impl Run<'_> {
         time: bool,
     ) -> Result<Decision, CompressError> {
         let l = &mut self.layers[i];
-        if self.opts.exclude.contains(&l.conv.name) {
-            return Ok(Decision {
-                ranks: None,
-                reason: "excluded (--exclude)".into(),
-                trials: Vec::new(),
-            });
-        }
         if let Some(&r) = self.opts.fixed_ranks.get(&l.conv.name) {
             let name = l.conv.name.clone();
             let e = l
