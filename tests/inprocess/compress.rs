@@ -449,8 +449,8 @@ fn predicted_error_equals_the_measured_one_and_one_layer_models_agree() {
             .factors(Factorisation::Hosvd { hooi_iterations: 0 }, fi, fo, None)
             .unwrap();
         let one = graph::original_step(folded.graph.as_ref().unwrap(), c).unwrap();
-        let ma = graph::layer_model(c, &[one], h, w, 13);
-        let mb = graph::layer_model(c, &replacement(c, &full, bias.clone()), h, w, 13);
+        let ma = graph::layer_model(c, &[one], h, w, 13).unwrap();
+        let mb = graph::layer_model(c, &replacement(c, &full, bias.clone()), h, w, 13).unwrap();
         let rt = common::runtime();
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let x: Vec<f32> = (0..c.in_channels() * h * w)

@@ -323,22 +323,22 @@ struct Layer {
 
 impl Layer {
     fn evaluate(&mut self, how: Factorisation, r: (usize, usize)) -> Result<&(Factors, Errors), TuckerError> {
-        if !self.memo.contains_key(&(how, r)) {
-            let f = self.prepared.factors(how, r.0, r.1, Some(&self.calib))?;
-            let w2 = f.reconstruct();
-            let w = self.prepared.kernel.w.as_ref();
-            let e = Errors {
-                calibration: self
-                    .calib
-                    .relative_error(w, w2.as_ref(), self.energy.0, f.bias_shift.as_deref()),
-                random: self
-                    .random
-                    .relative_error(w, w2.as_ref(), self.energy.1, f.bias_shift.as_deref()),
-                weight: self.prepared.kernel.relative_error(&w2),
-            };
-            self.memo.insert((how, r), (f, e));
+        use std::collections::hash_map::Entry;
+        match self.memo.entry((how, r)) {
+            Entry::Occupied(o) => Ok(o.into_mut()),
+            Entry::Vacant(v) => {
+                let f = self.prepared.factors(how, r.0, r.1, Some(&self.calib))?;
+                let w2 = f.reconstruct();
+                let w = self.prepared.kernel.w.as_ref();
+                let shift = f.bias_shift.as_deref();
+                let e = Errors {
+                    calibration: self.calib.relative_error(w, w2.as_ref(), self.energy.0, shift),
+                    random: self.random.relative_error(w, w2.as_ref(), self.energy.1, shift),
+                    weight: self.prepared.kernel.relative_error(&w2),
+                };
+                Ok(v.insert((f, e)))
+            }
         }
-        self.memo.get(&(how, r)).ok_or(TuckerError::Eigen)
     }
 
     fn error(&mut self, how: Factorisation, probe: Probe, r: (usize, usize)) -> Result<f64, TuckerError> {
@@ -512,15 +512,14 @@ impl Run<'_> {
         }
         let rungs = l.rungs.clone();
         let name = l.conv.name.clone();
-        let (found, trials) = {
-            let cell = std::cell::RefCell::new(&mut *l);
-            smallest_meeting(
-                &rungs,
-                bound,
-                |r| cell.borrow_mut().error(how, probe, r),
-                |r| cell.borrow().params(r),
-            )
-        }
+        let [k, c, _, _] = l.conv.kernel;
+        let taps = l.conv.taps();
+        let (found, trials) = smallest_meeting(
+            &rungs,
+            bound,
+            |r| l.error(how, probe, r),
+            |r| tucker_params(c, k, taps, r.0, r.1),
+        )
         .map_err(|source| CompressError::Tucker {
             layer: name.clone(),
             source,
@@ -589,8 +588,12 @@ impl Run<'_> {
             .clone();
         let steps = l.steps(&f);
         let (h, w) = l.size;
-        let a = graph::layer_model(&l.conv, &[orig], h, w, opset);
-        let b = graph::layer_model(&l.conv, &steps, h, w, opset);
+        let graph_err = |source| CompressError::Graph {
+            path: self.job.model.clone(),
+            source,
+        };
+        let a = graph::layer_model(&l.conv, &[orig], h, w, opset).map_err(graph_err)?;
+        let b = graph::layer_model(&l.conv, &steps, h, w, opset).map_err(graph_err)?;
         let t = time_layer(
             self.rt,
             &self.opts.session,
@@ -852,9 +855,8 @@ pub fn compress(
         let TensorData::F32(x) = det.last_input().data() else {
             continue;
         };
-        let x = x.to_vec();
-        for t in [x.clone(), mirror(&x, 3, ih, iw)] {
-            cap.add_frame(&t, ih, iw).map_err(|e| CompressError::Capture {
+        for t in [x, &mirror(x, 3, ih, iw)] {
+            cap.add_frame(t, ih, iw).map_err(|e| CompressError::Capture {
                 path: job.model.clone(),
                 source: e,
             })?;

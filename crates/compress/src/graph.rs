@@ -506,7 +506,7 @@ pub fn with_outputs(model: &ModelProto, names: &[String]) -> ModelProto {
 
 /// A model of the convolution chain `steps` alone (or of the original convolution when `steps` is one
 /// step with the conv's own weights), with input `[1, C, h, w]`: what the device times.
-pub fn layer_model(conv: &Conv, steps: &[ConvStep], h: usize, w: usize, opset: i64) -> ModelProto {
+pub fn layer_model(conv: &Conv, steps: &[ConvStep], h: usize, w: usize, opset: i64) -> Result<ModelProto, GraphError> {
     let mut g = GraphProto {
         name: Some(format!("{} alone", conv.name)),
         ..Default::default()
@@ -524,9 +524,9 @@ pub fn layer_model(conv: &Conv, steps: &[ConvStep], h: usize, w: usize, opset: i
         op_type: Some("Conv".into()),
         ..Default::default()
     });
-    // replace_conv finds the node by its output and op type.
-    let _ = replace_conv(&mut g, &single, steps);
-    ModelProto {
+    // replace_conv finds the placeholder node by its output and op type.
+    replace_conv(&mut g, &single, steps)?;
+    Ok(ModelProto {
         ir_version: Some(8),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
@@ -535,7 +535,7 @@ pub fn layer_model(conv: &Conv, steps: &[ConvStep], h: usize, w: usize, opset: i
         producer_name: Some("kestrel-compress".into()),
         graph: Some(g),
         ..Default::default()
-    }
+    })
 }
 
 /// The model's default-domain opset version.
