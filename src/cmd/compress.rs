@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use kestrel_compress::compress::{self, images_in, Event, Job, Options, Probe, Report};
+use kestrel_compress::prune::{Importance, PruneOptions, PruneRun};
 use kestrel_compress::timing::TimingPlan;
 use kestrel_compress::tucker::Factorisation;
 use kestrel_infer::model::SessionOptions;
@@ -19,6 +20,19 @@ use crate::exit::{Exit, Failure, OrExit as _};
 pub enum Method {
     /// Tucker-2 decomposition of each convolution's channel modes.
     Tucker,
+    /// Structured channel pruning: whole filters and the matching input channels go.
+    Prune,
+    /// Pruning, then Tucker-2 of what is left.
+    #[value(name = "prune,tucker")]
+    PruneTucker,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ImportanceArg {
+    /// Greedy least-squares on the captured inputs, the next layers' weights refitted.
+    DataAware,
+    /// The L1 norm of each filter, the next layers' columns dropped.
+    L1,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -50,6 +64,14 @@ fn closed_unit(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
         _ => Err(format!("`{s}` is not a number from 0 to 1")),
+    }
+}
+
+/// clap value parser: a number from 0 up to (not including) 1.
+fn below_one(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a number from 0 up to 1 (excluded)")),
     }
 }
 
@@ -124,6 +146,26 @@ pub struct CompressArgs {
     /// Skip the comparisons (other factorisation at the same ranks, the other probe's search).
     #[arg(long)]
     pub no_compare: bool,
+    /// Pruning: how channels are ranked.
+    #[arg(long, value_enum, default_value = "data-aware")]
+    pub importance: ImportanceArg,
+    /// Pruning: kept channel counts are multiples of this.
+    #[arg(long, default_value_t = 8, value_parser = positive)]
+    pub channel_multiple: usize,
+    /// Pruning: ridge on the captured input covariance of the refit, as a fraction of its mean diagonal.
+    #[arg(long, default_value_t = 0.01, value_parser = closed_unit)]
+    pub damping: f64,
+    /// Pruning: remove this fraction of every group's channels instead of searching per group (0 removes
+    /// nothing: the graph is rewritten unchanged).
+    #[arg(long, value_name = "R", value_parser = below_one)]
+    pub uniform_ratio: Option<f64>,
+    /// Pruning's own floor on mAP@0.5 (default: --min-fidelity for `prune`; halfway between it and 1 for
+    /// `prune,tucker`, leaving the rest of the budget to the Tucker stage).
+    #[arg(long, value_name = "F", value_parser = open_unit)]
+    pub prune_min_fidelity: Option<f64>,
+    /// `prune,tucker`: the Tucker stage's bound on each layer's error (--max-layer-error is the pruning's).
+    #[arg(long, value_name = "E", default_value_t = 0.1, value_parser = open_unit)]
+    pub tucker_max_layer_error: f64,
     /// Write the full report (JSON) here.
     #[arg(long, value_name = "REPORT.json")]
     pub report: Option<PathBuf>,
@@ -321,8 +363,109 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
     Ok(())
 }
 
+fn write_report(a: &CompressArgs, report: &impl serde::Serialize) -> Result<(), Failure> {
+    if let Some(p) = &a.report {
+        let text = serde_json::to_string_pretty(report)
+            .context("serialising the report")
+            .or_exit(Exit::Failed)?;
+        kestrel_compress::model::write_atomic(p, text.as_bytes()).or_exit(Exit::Failed)?;
+    }
+    Ok(())
+}
+
+fn print_prune_summary(r: &PruneRun, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let p = &r.prune;
+    writeln!(
+        out,
+        "kestrel compress: {} (sha256 {}…), {}, {} channels, bound {:.4} (asked {:.4}), on {}",
+        p.source.path,
+        &p.source.sha256[..12.min(p.source.sha256.len())],
+        r.method,
+        p.importance.name(),
+        p.bound_used,
+        p.max_layer_error,
+        p.execution_provider,
+    )?;
+    writeln!(
+        out,
+        "| group (convolutions) | channels kept | consumers | error data-aware / L1 / random | decision |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    for g in &p.groups {
+        let e = g.errors.map_or("-".into(), |e| {
+            format!("{:.4} / {:.4} / {:.4}", e.data_aware, e.l1, e.random)
+        });
+        writeln!(
+            out,
+            "| {} | {} / {} | {} | {e} | {} |",
+            g.group.convs.join(" + "),
+            g.kept,
+            g.group.channels,
+            g.group.consumers.join(", "),
+            if g.pruned {
+                "pruned".to_string()
+            } else {
+                format!("kept: {}", g.reason)
+            }
+        )?;
+    }
+    for t in &p.tries {
+        writeln!(
+            out,
+            "try: bound {:.4}: {} groups pruned, {} params, mAP@0.5 {:.4} {}",
+            t.max_layer_error,
+            t.decomposed_layers,
+            t.params,
+            t.map50,
+            if t.meets { "meets" } else { "short" }
+        )?;
+    }
+    for v in &p.comparisons {
+        writeln!(
+            out,
+            "compare: {}: {} params, {:.3} GMACs, mAP@0.5 {:.4}",
+            v.what,
+            v.params,
+            v.macs as f64 / 1e9,
+            v.map50
+        )?;
+    }
+    if let Some(t) = &r.tucker {
+        writeln!(out, "tucker stage on the pruned model (fidelity against the original):")?;
+        print_summary(t, out)?;
+    }
+    writeln!(
+        out,
+        "| stage | params | conv GMACs | mAP@0.5 | mAP@0.5:0.95 | bare fps before → after (ratio) |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for s in &r.stages {
+        let f = s.fps.as_ref().map_or("-".into(), |f| {
+            format!("{} → {} ({})", f.before_fps, f.after_fps, f.ratio)
+        });
+        writeln!(
+            out,
+            "| {} | {} | {:.3} | {:.4} | {:.4} | {f} |",
+            s.stage,
+            s.params,
+            s.conv_macs as f64 / 1e9,
+            s.map50,
+            s.map50_95
+        )?;
+    }
+    writeln!(out, "time: {:.1} s", r.seconds)?;
+    if let Some(m) = r.peak_rss_mib {
+        writeln!(out, "peak RSS {m:.0} MiB")?;
+    }
+    match (&r.nothing_to_do, &r.output) {
+        (Some(why), _) => writeln!(out, "nothing to do: {why}; no model written")?,
+        (None, Some(o)) => writeln!(out, "wrote {} (sha256 {})", o.path, o.sha256)?,
+        (None, None) => {}
+    }
+    Ok(())
+}
+
 pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
-    let Method::Tucker = a.method;
     kestrel_compress::model::check_output(&a.model, &a.out).or_exit(Exit::Usage)?;
     let (calibration, evaluation) = frames(a).or_exit(Exit::Failed)?;
     let rt = runtime::init(ort).or_exit(Exit::Setup)?;
@@ -373,19 +516,38 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
         out: a.out.clone(),
         calibration,
         evaluation,
+        reference: None,
     };
     let mut progress = progress_printer();
+    if a.method != Method::Tucker {
+        let popts = PruneOptions {
+            importance: match a.importance {
+                ImportanceArg::DataAware => Importance::DataAware,
+                ImportanceArg::L1 => Importance::L1,
+            },
+            channel_multiple: a.channel_multiple,
+            damping: a.damping,
+            uniform_ratio: a.uniform_ratio,
+            ..PruneOptions::default()
+        };
+        let tucker = (a.method == Method::PruneTucker).then_some(a.tucker_max_layer_error);
+        let result = kestrel_compress::prune::run(rt, &job, &opts, &popts, tucker, a.prune_min_fidelity, &mut progress);
+        if std::io::stderr().is_terminal() {
+            let _ = writeln!(std::io::stderr());
+        }
+        let report = result.or_exit(Exit::Failed)?;
+        write_report(a, &report)?;
+        print_prune_summary(&report, &mut std::io::stdout().lock())
+            .context("writing the summary")
+            .or_exit(Exit::Failed)?;
+        return Ok(Exit::Success);
+    }
     let result = compress::compress(rt, &job, &opts, &mut progress);
     if std::io::stderr().is_terminal() {
         let _ = writeln!(std::io::stderr());
     }
     let report = result.or_exit(Exit::Failed)?;
-    if let Some(p) = &a.report {
-        let text = serde_json::to_string_pretty(&report)
-            .context("serialising the report")
-            .or_exit(Exit::Failed)?;
-        kestrel_compress::model::write_atomic(p, text.as_bytes()).or_exit(Exit::Failed)?;
-    }
+    write_report(a, &report)?;
     print_summary(&report, &mut std::io::stdout().lock())
         .context("writing the summary")
         .or_exit(Exit::Failed)?;

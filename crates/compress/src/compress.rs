@@ -71,6 +71,16 @@ pub enum CompressError {
     NotFloat32 { path: PathBuf, precision: &'static str },
     #[error("a temporary directory: {0}")]
     Temp(#[source] std::io::Error),
+    #[error("{path}: {source}")]
+    PruneGraph {
+        path: PathBuf,
+        source: crate::prune::groups::PruneGraphError,
+    },
+    #[error("pruning the group of {group}: {source}")]
+    Select {
+        group: String,
+        source: crate::prune::select::SelectError,
+    },
 }
 
 /// Where each layer's error is measured.
@@ -141,6 +151,9 @@ pub struct Job {
     pub out: PathBuf,
     pub calibration: Vec<PathBuf>,
     pub evaluation: Vec<PathBuf>,
+    /// The model whose detections are the truth for fidelity (`None`: the input model itself). A stage of a
+    /// combined method sets the original here, so fidelity is always against the original.
+    pub reference: Option<PathBuf>,
 }
 
 /// Progress, for a terminal line or log lines.
@@ -636,29 +649,16 @@ impl Run<'_> {
         Ok(m)
     }
 
-    fn detector(&self, path: &Path) -> Result<ImageDetector, CompressError> {
-        let d = Detector::load(self.rt, path, None, &self.opts.session)?;
-        ImageDetector::new(
-            d,
-            Thresholds {
-                conf: 0.001,
-                ..Thresholds::default()
-            },
-        )
-        .map_err(detect_model)
-    }
-
     /// Fidelity of `m` against the original on the evaluation frames.
     fn fidelity(&self, m: &OnnxModel, file: &str) -> Result<Evaluation, CompressError> {
-        let p = self.tmp.path().join(file);
-        write_atomic(&p, &m.encode())?;
-        let mut det = self.detector(&p)?;
-        let mut images = Vec::with_capacity(self.truths.len());
-        for (path, truth) in &self.truths {
-            let r = det.detect_file(path).map_err(detect_model)?;
-            images.push((truth.clone(), r.detections));
-        }
-        Ok(evaluate::evaluate(&images, &self.labels))
+        fidelity_of(
+            self.rt,
+            &self.opts.session,
+            &self.truths,
+            &self.labels,
+            m,
+            &self.tmp.path().join(file),
+        )
     }
 
     fn params_of(&self, choice: &[Option<(usize, usize)>]) -> (usize, u64) {
@@ -677,8 +677,187 @@ impl Run<'_> {
     }
 }
 
+/// Fidelity of `m` (written to `path`) against `truths` on their frames.
+pub(crate) fn fidelity_of(
+    rt: &Runtime,
+    session: &SessionOptions,
+    truths: &[(PathBuf, Vec<Truth>)],
+    labels: &[String],
+    m: &OnnxModel,
+    path: &Path,
+) -> Result<Evaluation, CompressError> {
+    write_atomic(path, &m.encode())?;
+    let d = Detector::load(rt, path, None, session)?;
+    let mut det = ImageDetector::new(
+        d,
+        Thresholds {
+            conf: 0.001,
+            ..Thresholds::default()
+        },
+    )
+    .map_err(detect_model)?;
+    let mut images = Vec::with_capacity(truths.len());
+    for (p, truth) in truths {
+        let r = det.detect_file(p).map_err(detect_model)?;
+        images.push((truth.clone(), r.detections));
+    }
+    Ok(evaluate::evaluate(&images, labels))
+}
+
 fn detect_model(e: DetectError) -> CompressError {
     CompressError::Detect(e)
+}
+
+/// What the frames give a run: the model's labels and input size, the provider, each layer's captured
+/// input statistics, and the reference's truths on the evaluation frames.
+pub(crate) struct FrameData {
+    pub labels: Vec<String>,
+    pub ep: String,
+    pub layers: Vec<Option<crate::capture::Captured>>,
+    pub truths: Vec<(PathBuf, Vec<Truth>)>,
+    pub calibration: Frames,
+    pub evaluation: Frames,
+}
+
+/// Check the frames are disjoint, capture `convs`' inputs of `proto` (the model at `job.model`) on the
+/// calibration frames and their mirror images, and take the truths of `job.reference` (or the model) on
+/// the evaluation frames.
+pub(crate) fn frame_data(
+    rt: &Runtime,
+    job: &Job,
+    session: &SessionOptions,
+    proto: &crate::onnx::ModelProto,
+    convs: &[Conv],
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<FrameData, CompressError> {
+    let mut calibration = Frames::default();
+    let mut evaluation = Frames::default();
+    // Frames: disjoint by content.
+    let digest = |p: &Path| std::fs::read(p).ok().map(|b| crate::model::sha256_hex(&b));
+    let eval_digests: HashMap<String, &PathBuf> = job
+        .evaluation
+        .iter()
+        .filter_map(|p| digest(p).map(|d| (d, p)))
+        .collect();
+    for c in &job.calibration {
+        if let Some(e) = digest(c).and_then(|d| eval_digests.get(&d).copied()) {
+            return Err(CompressError::NotDisjoint {
+                a: c.clone(),
+                b: e.clone(),
+            });
+        }
+    }
+    // The original, as the detector loads it: its input size, labels, and the reference detections.
+    let reference = Detector::load(rt, &job.model, None, session)?;
+    if reference.info.input_precision != Precision::F32 {
+        return Err(CompressError::NotFloat32 {
+            path: job.model.clone(),
+            precision: reference.info.input_precision.name(),
+        });
+    }
+    let ep = reference.selection.active.name().to_string();
+    let labels = reference.info.labels.clone();
+    let (ih, iw) = (
+        reference.info.input_height as usize,
+        reference.info.input_width as usize,
+    );
+    let mut det = ImageDetector::new(
+        reference,
+        Thresholds {
+            conf: 0.001,
+            ..Thresholds::default()
+        },
+    )
+    .map_err(detect_model)?;
+
+    progress(Event::Stage("capturing the layers' inputs on the calibration frames"));
+    let mut cap = Capture::new(rt, proto, convs).map_err(|e| CompressError::Capture {
+        path: job.model.clone(),
+        source: e,
+    })?;
+    calibration.files = job.calibration.len();
+    for (n, p) in job.calibration.iter().enumerate() {
+        let name = p.display().to_string();
+        progress(Event::Layer {
+            index: n,
+            total: job.calibration.len(),
+            name: &name,
+            what: "calibration frame",
+        });
+        if let Err(e) = det.detect_file(p) {
+            log::warn!("calibration image skipped: {e}");
+            calibration.skipped.push(Skipped {
+                file: name,
+                reason: e.to_string(),
+            });
+            continue;
+        }
+        let TensorData::F32(x) = det.last_input().data() else {
+            continue;
+        };
+        for t in [x, &mirror(x, 3, ih, iw)] {
+            cap.add_frame(t, ih, iw).map_err(|e| CompressError::Capture {
+                path: job.model.clone(),
+                source: e,
+            })?;
+        }
+        calibration.used += 1;
+    }
+    if calibration.used == 0 {
+        return Err(CompressError::NoneReadable {
+            what: "calibration",
+            count: job.calibration.len(),
+            first: calibration
+                .skipped
+                .first()
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
+        });
+    }
+    // The evaluation frames' truths: the reference's detections (the model's own, unless a reference is set).
+    if let Some(r) = &job.reference {
+        det = ImageDetector::new(
+            Detector::load(rt, r, None, session)?,
+            Thresholds {
+                conf: 0.001,
+                ..Thresholds::default()
+            },
+        )
+        .map_err(detect_model)?;
+    }
+    evaluation.files = job.evaluation.len();
+    let mut truths = Vec::new();
+    for p in &job.evaluation {
+        match det.detect_file(p) {
+            Ok(r) => {
+                truths.push((p.clone(), evaluate::truth_from_reference(&r.detections, 0.25)));
+                evaluation.used += 1;
+            }
+            Err(e) => {
+                log::warn!("evaluation image skipped: {e}");
+                evaluation.skipped.push(Skipped {
+                    file: p.display().to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    if truths.is_empty() {
+        return Err(CompressError::NoneReadable {
+            what: "evaluation",
+            count: job.evaluation.len(),
+            first: evaluation.skipped.first().map(|s| s.reason.clone()).unwrap_or_default(),
+        });
+    }
+    drop(det);
+    Ok(FrameData {
+        labels,
+        ep,
+        layers: cap.layers,
+        truths,
+        calibration,
+        evaluation,
+    })
 }
 
 /// Run `kestrel compress`. Writes `job.out` unless there was nothing to do (said in the report).
@@ -790,128 +969,19 @@ pub fn compress(
         });
         return Ok(report);
     }
-    // Frames: disjoint by content.
-    let digest = |p: &Path| std::fs::read(p).ok().map(|b| crate::model::sha256_hex(&b));
-    let eval_digests: HashMap<String, &PathBuf> = job
-        .evaluation
-        .iter()
-        .filter_map(|p| digest(p).map(|d| (d, p)))
-        .collect();
-    for c in &job.calibration {
-        if let Some(e) = digest(c).and_then(|d| eval_digests.get(&d).copied()) {
-            return Err(CompressError::NotDisjoint {
-                a: c.clone(),
-                b: e.clone(),
-            });
-        }
-    }
-    // The original, as the detector loads it: its input size, labels, and the reference detections.
-    let reference = Detector::load(rt, &job.model, None, &opts.session)?;
-    if reference.info.input_precision != Precision::F32 {
-        return Err(CompressError::NotFloat32 {
-            path: job.model.clone(),
-            precision: reference.info.input_precision.name(),
-        });
-    }
-    let ep = reference.selection.active.name().to_string();
-    report.execution_provider = ep.clone();
-    let labels = reference.info.labels.clone();
-    let (ih, iw) = (
-        reference.info.input_height as usize,
-        reference.info.input_width as usize,
-    );
-    let mut det = ImageDetector::new(
-        reference,
-        Thresholds {
-            conf: 0.001,
-            ..Thresholds::default()
-        },
-    )
-    .map_err(detect_model)?;
     stage("read the model", &mut stages, &mut stage_t);
-
-    progress(Event::Stage("capturing the layers' inputs on the calibration frames"));
-    let mut cap = Capture::new(rt, &source.proto, &convs).map_err(|e| CompressError::Capture {
-        path: job.model.clone(),
-        source: e,
-    })?;
-    report.calibration.files = job.calibration.len();
-    for (n, p) in job.calibration.iter().enumerate() {
-        let name = p.display().to_string();
-        progress(Event::Layer {
-            index: n,
-            total: job.calibration.len(),
-            name: &name,
-            what: "calibration frame",
-        });
-        if let Err(e) = det.detect_file(p) {
-            log::warn!("calibration image skipped: {e}");
-            report.calibration.skipped.push(Skipped {
-                file: name,
-                reason: e.to_string(),
-            });
-            continue;
-        }
-        let TensorData::F32(x) = det.last_input().data() else {
-            continue;
-        };
-        for t in [x, &mirror(x, 3, ih, iw)] {
-            cap.add_frame(t, ih, iw).map_err(|e| CompressError::Capture {
-                path: job.model.clone(),
-                source: e,
-            })?;
-        }
-        report.calibration.used += 1;
-    }
-    if report.calibration.used == 0 {
-        return Err(CompressError::NoneReadable {
-            what: "calibration",
-            count: job.calibration.len(),
-            first: report
-                .calibration
-                .skipped
-                .first()
-                .map(|s| s.reason.clone())
-                .unwrap_or_default(),
-        });
-    }
-    // The evaluation frames' truths.
-    report.evaluation.files = job.evaluation.len();
-    let mut truths = Vec::new();
-    for p in &job.evaluation {
-        match det.detect_file(p) {
-            Ok(r) => {
-                truths.push((p.clone(), evaluate::truth_from_reference(&r.detections, 0.25)));
-                report.evaluation.used += 1;
-            }
-            Err(e) => {
-                log::warn!("evaluation image skipped: {e}");
-                report.evaluation.skipped.push(Skipped {
-                    file: p.display().to_string(),
-                    reason: e.to_string(),
-                });
-            }
-        }
-    }
-    if truths.is_empty() {
-        return Err(CompressError::NoneReadable {
-            what: "evaluation",
-            count: job.evaluation.len(),
-            first: report
-                .evaluation
-                .skipped
-                .first()
-                .map(|s| s.reason.clone())
-                .unwrap_or_default(),
-        });
-    }
-    drop(det);
+    let fd = frame_data(rt, job, &opts.session, &source.proto, &convs, progress)?;
+    report.execution_provider = fd.ep.clone();
+    let ep = fd.ep;
+    report.calibration = fd.calibration;
+    report.evaluation = fd.evaluation;
+    let (labels, truths, mut captured_layers) = (fd.labels, fd.truths, fd.layers);
     stage("capture", &mut stages, &mut stage_t);
 
     // Per-layer preparation.
     let inits = graph::initializers(&g);
     let mut layers = Vec::new();
-    for (i, (conv, captured)) in convs.iter().zip(cap.layers.drain(..)).enumerate() {
+    for (i, (conv, captured)) in convs.iter().zip(captured_layers.drain(..)).enumerate() {
         progress(Event::Layer {
             index: i,
             total: convs.len(),
@@ -969,7 +1039,7 @@ pub fn compress(
             timing: HashMap::new(),
         });
     }
-    drop(cap);
+    drop(captured_layers);
     stage("factorise", &mut stages, &mut stage_t);
     let tmp = tempfile::tempdir().map_err(CompressError::Temp)?;
     let mut run = Run {

@@ -97,22 +97,22 @@ pub struct Unsupported {
     pub reason: String,
 }
 
-fn node_name(n: &NodeProto) -> String {
+pub(crate) fn node_name(n: &NodeProto) -> String {
     match n.name.as_deref() {
         Some(s) if !s.is_empty() => s.to_string(),
         _ => n.output.first().cloned().unwrap_or_default(),
     }
 }
 
-fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+pub(crate) fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     n.attribute.iter().find(|a| a.name.as_deref() == Some(name))
 }
 
-fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(n, name).map(|a| a.ints.clone())
 }
 
-fn int(n: &NodeProto, name: &str) -> Option<i64> {
+pub(crate) fn int(n: &NodeProto, name: &str) -> Option<i64> {
     attr(n, name).and_then(|a| a.i)
 }
 

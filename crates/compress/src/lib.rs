@@ -13,6 +13,7 @@ pub mod compress;
 pub mod evaluate;
 pub mod graph;
 pub mod model;
+pub mod prune;
 pub mod search;
 pub mod stats;
 pub mod timing;

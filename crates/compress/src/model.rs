@@ -11,6 +11,8 @@ use crate::onnx::{tensor_proto, ModelProto, StringStringEntryProto, TensorProto}
 
 /// ONNX's `TensorProto.DataType.FLOAT`.
 pub const FLOAT: i32 = tensor_proto::DataType::Float as i32;
+/// ONNX's `TensorProto.DataType.INT64`.
+pub const INT64: i32 = tensor_proto::DataType::Int64 as i32;
 
 #[derive(Debug, Error)]
 pub enum ModelFileError {
@@ -150,6 +152,32 @@ pub fn floats(t: &TensorProto) -> Result<Vec<f32>, TensorError> {
         });
     }
     Ok(v)
+}
+
+/// The int64 values of an initializer (raw little-endian bytes or `int64_data`), `None` if it is not int64.
+pub fn int64s(t: &TensorProto) -> Option<Vec<i64>> {
+    if t.data_type() != INT64 || t.data_location() == tensor_proto::DataLocation::External {
+        return None;
+    }
+    match &t.raw_data {
+        Some(raw) if !raw.is_empty() => Some(
+            raw.chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+        ),
+        _ => Some(t.int64_data.clone()),
+    }
+}
+
+/// A 1-D int64 initializer.
+pub fn int64_tensor(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: vec![values.len() as i64],
+        data_type: Some(INT64),
+        name: Some(name.to_string()),
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// A float32 initializer stored as raw little-endian bytes.

@@ -36,8 +36,8 @@ pub fn ladder(c: usize, k: usize, taps: usize, multiple: usize) -> Vec<(usize, u
 
 /// One evaluated rung.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Trial {
-    pub ranks: (usize, usize),
+pub struct Trial<R = (usize, usize)> {
+    pub ranks: R,
     pub params: usize,
     pub error: f64,
     pub meets: bool,
@@ -45,14 +45,14 @@ pub struct Trial {
 
 /// The smallest rung of `rungs` whose `error` is at most `bound`, by binary search (the error falls along
 /// the ladder), with every rung tried in the order tried. `None` when even the largest saving rung misses.
-pub fn smallest_meeting<E>(
-    rungs: &[(usize, usize)],
+pub fn smallest_meeting<E, R: Copy>(
+    rungs: &[R],
     bound: f64,
-    mut error: impl FnMut((usize, usize)) -> Result<f64, E>,
-    mut params: impl FnMut((usize, usize)) -> usize,
-) -> Result<(Option<usize>, Vec<Trial>), E> {
+    mut error: impl FnMut(R) -> Result<f64, E>,
+    mut params: impl FnMut(R) -> usize,
+) -> Result<(Option<usize>, Vec<Trial<R>>), E> {
     let mut trials = Vec::new();
-    let mut try_at = |i: usize, trials: &mut Vec<Trial>| -> Result<bool, E> {
+    let mut try_at = |i: usize, trials: &mut Vec<Trial<R>>| -> Result<bool, E> {
         let r = rungs[i];
         let e = error(r)?;
         let meets = e <= bound;
@@ -111,7 +111,7 @@ mod tests {
             let mut e = errors.clone();
             e.sort_by(|a, b| b.total_cmp(a));
             let rungs: Vec<(usize, usize)> = (0..e.len()).map(|i| (i + 1, i + 1)).collect();
-            let (found, trials) = smallest_meeting::<()>(&rungs, bound, |r| Ok(e[r.0 - 1]), |r| r.0).unwrap();
+            let (found, trials) = smallest_meeting::<(), _>(&rungs, bound, |r| Ok(e[r.0 - 1]), |r| r.0).unwrap();
             let want = e.iter().position(|&x| x <= bound);
             prop_assert_eq!(found, want);
             if let Some(i) = found {
