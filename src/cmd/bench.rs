@@ -33,7 +33,7 @@ macro_rules! outln {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Models to measure (repeat the flag for several; one row each).
+    /// Models to measure (repeat the flag for several; one row each); .onnx or a .onnx.zst package.
     #[arg(long = "model", value_name = "PATH", default_value = "models/yolov3-tiny-416.onnx")]
     models: Vec<PathBuf>,
     /// Directory of JPEG frames (default: the 1080p frames scripts/setup.sh makes).

@@ -12,6 +12,18 @@ pub fn run(a: &ConfigArgs) -> Result<Exit, Failure> {
     let mut problems = Vec::new();
     if !cfg.model.path.is_file() {
         problems.push(("model.path", format!("{} does not exist", cfg.model.path.display())));
+    } else if kestrel_infer::package::is_package(&cfg.model.path) {
+        let sidecar = kestrel_infer::package::sidecar_path(&cfg.model.path);
+        if !sidecar.is_file() {
+            problems.push((
+                "model.path",
+                format!(
+                    "{} is a model package, and its checksum file {} does not exist",
+                    cfg.model.path.display(),
+                    sidecar.display()
+                ),
+            ));
+        }
     }
     match cfg.source.kind {
         SourceKind::Images | SourceKind::Mjpeg if !cfg.source.path.exists() => {

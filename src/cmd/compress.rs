@@ -1,5 +1,6 @@
 //! `kestrel compress`: decompose a trained detector's convolutions (Tucker-2) where the device says it pays,
-//! keeping detection fidelity on held-out frames.
+//! keeping detection fidelity on held-out frames; or (`--method zeros`) only write zeros, to show what that
+//! does and does not change. `--package` also writes the model as `OUT.zst` with its sha256 beside it.
 
 use std::io::IsTerminal as _;
 use std::io::Write as _;
@@ -11,6 +12,7 @@ use kestrel_compress::compress::{self, images_in, Event, Job, Options, Probe, Re
 use kestrel_compress::prune::{Importance, PruneOptions, PruneRun};
 use kestrel_compress::timing::TimingPlan;
 use kestrel_compress::tucker::Factorisation;
+use kestrel_compress::zeros;
 use kestrel_infer::model::SessionOptions;
 use kestrel_infer::runtime;
 
@@ -25,6 +27,9 @@ pub enum Method {
     /// Pruning, then Tucker-2 of what is left.
     #[value(name = "prune,tucker")]
     PruneTucker,
+    /// Magnitude pruning that only sets weights to zero (--zeros-ratio of each convolution's): the same
+    /// parameters, file size and speed, a smaller zstd size. Needs no calibration frames.
+    Zeros,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,14 +96,22 @@ pub struct CompressArgs {
     #[arg(long, value_name = "OUT.onnx")]
     pub out: PathBuf,
     /// Calibration images (JPEG/PNG): the layers' real inputs are captured on them and their mirror images.
+    /// Required by --method tucker; --method zeros uses none.
     #[arg(long, value_name = "DIR")]
-    pub calibration: PathBuf,
+    pub calibration: Option<PathBuf>,
     /// Held-out images for the whole-model fidelity check (default: every third calibration image is held
     /// out instead of calibrating).
     #[arg(long, value_name = "DIR")]
     pub eval: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "tucker")]
     pub method: Method,
+    /// --method zeros: the fraction of each convolution's weights (those of smallest |w|) set to zero.
+    #[arg(long, value_name = "R", default_value_t = 0.5, value_parser = closed_unit)]
+    pub zeros_ratio: f64,
+    /// Also write the model as OUT.zst (zstd level 19, frame checksum on) and OUT.zst.sha256 (sha256sum
+    /// format), for transfer; `run`, `detect`, `bench` and `evaluate` load the .zst directly.
+    #[arg(long)]
+    pub package: bool,
     /// Largest relative output error ‖y − y′‖/‖y‖ allowed per layer.
     #[arg(long, value_name = "E", default_value_t = 0.1, value_parser = open_unit)]
     pub max_layer_error: f64,
@@ -196,8 +209,8 @@ fn layer_ranks(s: &str) -> Result<(String, (usize, usize)), String> {
 }
 
 /// Calibration and evaluation frames: as given, or every third calibration image held out.
-fn frames(a: &CompressArgs) -> Result<(Vec<PathBuf>, Vec<PathBuf>), compress::CompressError> {
-    let cal = images_in(&a.calibration, "calibration")?;
+fn frames(a: &CompressArgs, calibration: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), compress::CompressError> {
+    let cal = images_in(calibration, "calibration")?;
     match &a.eval {
         Some(dir) => Ok((cal, images_in(dir, "evaluation")?)),
         None => {
@@ -207,7 +220,7 @@ fn frames(a: &CompressArgs) -> Result<(Vec<PathBuf>, Vec<PathBuf>), compress::Co
             if held.is_empty() {
                 return Err(compress::CompressError::NoFrames {
                     what: "held-out (give --eval DIR, or at least 3 calibration images)",
-                    dir: a.calibration.clone(),
+                    dir: calibration.to_path_buf(),
                 });
             }
             Ok((kept, held))
@@ -363,16 +376,6 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
     Ok(())
 }
 
-fn write_report(a: &CompressArgs, report: &impl serde::Serialize) -> Result<(), Failure> {
-    if let Some(p) = &a.report {
-        let text = serde_json::to_string_pretty(report)
-            .context("serialising the report")
-            .or_exit(Exit::Failed)?;
-        kestrel_compress::model::write_atomic(p, text.as_bytes()).or_exit(Exit::Failed)?;
-    }
-    Ok(())
-}
-
 fn print_prune_summary(r: &PruneRun, out: &mut impl std::io::Write) -> std::io::Result<()> {
     let p = &r.prune;
     writeln!(
@@ -466,8 +469,18 @@ fn print_prune_summary(r: &PruneRun, out: &mut impl std::io::Write) -> std::io::
 }
 
 pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
+    check_package_out(a)?;
+    if a.method == Method::Zeros {
+        return run_zeros(ort, a);
+    }
     kestrel_compress::model::check_output(&a.model, &a.out).or_exit(Exit::Usage)?;
-    let (calibration, evaluation) = frames(a).or_exit(Exit::Failed)?;
+    let Some(calibration) = &a.calibration else {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow::anyhow!("--calibration DIR is required with --method tucker"),
+        ));
+    };
+    let (calibration, evaluation) = frames(a, calibration).or_exit(Exit::Failed)?;
     let rt = runtime::init(ort).or_exit(Exit::Setup)?;
     let probe = match a.probe {
         ProbeArg::Calibration => Probe::Calibration,
@@ -536,8 +549,22 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
             let _ = writeln!(std::io::stderr());
         }
         let report = result.or_exit(Exit::Failed)?;
-        write_report(a, &report)?;
-        print_prune_summary(&report, &mut std::io::stdout().lock())
+        let packaged = match (a.package, &report.output, &report.nothing_to_do) {
+            (true, Some(_), None) => Some(package_written(&a.out)?),
+            _ => None,
+        };
+        if let Some(p) = &a.report {
+            let mut value = serde_json::to_value(&report)
+                .context("serialising the report")
+                .or_exit(Exit::Failed)?;
+            if let (Some(obj), Some(pk)) = (value.as_object_mut(), &packaged) {
+                obj.insert("package".into(), serde_json::json!(pk));
+            }
+            write_report(p, &value)?;
+        }
+        let mut out = std::io::stdout().lock();
+        print_prune_summary(&report, &mut out)
+            .and_then(|()| packaged.as_ref().map_or(Ok(()), |pk| print_package(pk, &mut out)))
             .context("writing the summary")
             .or_exit(Exit::Failed)?;
         return Ok(Exit::Success);
@@ -547,9 +574,184 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
         let _ = writeln!(std::io::stderr());
     }
     let report = result.or_exit(Exit::Failed)?;
-    write_report(a, &report)?;
-    print_summary(&report, &mut std::io::stdout().lock())
+    let packaged = match (a.package, &report.output, &report.nothing_to_do) {
+        (true, Some(_), None) => Some(package_written(&a.out)?),
+        _ => None,
+    };
+    if let Some(p) = &a.report {
+        let mut value = serde_json::to_value(&report)
+            .context("serialising the report")
+            .or_exit(Exit::Failed)?;
+        if let (Some(obj), Some(pk)) = (value.as_object_mut(), &packaged) {
+            obj.insert("package".into(), serde_json::json!(pk));
+        }
+        write_report(p, &value)?;
+    }
+    let mut out = std::io::stdout().lock();
+    print_summary(&report, &mut out)
+        .and_then(|()| packaged.as_ref().map_or(Ok(()), |pk| print_package(pk, &mut out)))
         .context("writing the summary")
         .or_exit(Exit::Failed)?;
     Ok(Exit::Success)
+}
+
+/// `--package` writes `OUT.zst`: an `--out` that is itself `.zst` would be an uncompressed model under a
+/// package's name, which the loaders would refuse.
+fn check_package_out(a: &CompressArgs) -> Result<(), Failure> {
+    if kestrel_infer::package::is_package(&a.out) {
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow::anyhow!(
+                "--out {} ends in .zst: give the ONNX file's name (--package writes OUT.zst beside it)",
+                a.out.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The package of the model written at `out`.
+fn package_written(out: &Path) -> Result<kestrel_compress::package::Packaged, Failure> {
+    let bytes = std::fs::read(out)
+        .with_context(|| format!("reading {} to package it", out.display()))
+        .or_exit(Exit::Failed)?;
+    kestrel_compress::package::write_package(out, &bytes).or_exit(Exit::Failed)
+}
+
+fn write_report(p: &Path, report: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(report)
+        .context("serialising the report")
+        .or_exit(Exit::Failed)?;
+    kestrel_compress::model::write_atomic(p, text.as_bytes()).or_exit(Exit::Failed)
+}
+
+fn print_package(p: &kestrel_compress::package::Packaged, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "packaged {} ({} bytes, zstd level {}, of {} bytes) and {} (sha256 {})",
+        p.path, p.bytes, p.zstd_level, p.model_bytes, p.sidecar, p.sha256
+    )
+}
+
+/// `--method zeros`: no calibration, no search; the sizes and fps before and after.
+fn run_zeros(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
+    kestrel_compress::model::check_output(&a.model, &a.out).or_exit(Exit::Usage)?;
+    let session = SessionOptions {
+        intra_threads: a.threads,
+        ep: kestrel_infer::ep::EpOptions {
+            providers: a.ep.iter().map(|&e| e.into()).collect(),
+            require: a.require_ep.map(Into::into),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if let Err((_, reason)) = session.ep.validate() {
+        return Err(Failure::new(Exit::Usage, anyhow::anyhow!("--ep: {reason}")));
+    }
+    // ONNX Runtime only for the fps comparison.
+    let rt = if a.fps_rounds > 0 {
+        Some(runtime::init(ort).or_exit(Exit::Setup)?)
+    } else {
+        None
+    };
+    let opts = zeros::ZerosOptions {
+        ratio: a.zeros_ratio,
+        include_head: a.include_head,
+        exclude: a.exclude.clone(),
+        session,
+        fps_rounds: a.fps_rounds,
+        package: a.package,
+        ..zeros::ZerosOptions::default()
+    };
+    let mut progress = progress_printer();
+    let result = zeros::zeros(rt, &a.model, &a.out, &opts, &mut progress);
+    if std::io::stderr().is_terminal() {
+        let _ = writeln!(std::io::stderr());
+    }
+    let report = result.or_exit(Exit::Failed)?;
+    if let Some(p) = &a.report {
+        write_report(p, &report)?;
+    }
+    print_zeros_summary(&report, &mut std::io::stdout().lock())
+        .context("writing the summary")
+        .or_exit(Exit::Failed)?;
+    Ok(Exit::Success)
+}
+
+fn print_zeros_summary(r: &zeros::ZerosReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let pct = |a: f64, b: f64| 100.0 * (a / b.max(1.0) - 1.0);
+    writeln!(
+        out,
+        "kestrel compress: {} (sha256 {}…), zeros, ratio {} of each convolution's weights{}",
+        r.source.path,
+        &r.source.sha256[..12.min(r.source.sha256.len())],
+        r.ratio,
+        if r.include_head { ", head included" } else { "" }
+    )?;
+    writeln!(
+        out,
+        "| layer | shape | params | zeroed | zero after | largest |w| zeroed |"
+    )?;
+    writeln!(out, "|---|---|---|---|---|---|")?;
+    for l in &r.layers {
+        let shape: Vec<String> = l.shape.iter().map(i64::to_string).collect();
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.1} % | {:.3e} |",
+            l.name,
+            shape.join("×"),
+            l.params,
+            l.zeroed,
+            100.0 * l.zeros_after as f64 / l.params.max(1) as f64,
+            l.threshold
+        )?;
+    }
+    for l in &r.left {
+        writeln!(out, "left: {}: {}", l.name, l.reason)?;
+    }
+    if let Some(o) = &r.output {
+        let s = &r.source;
+        writeln!(
+            out,
+            "params {} → {} (zero: {} → {}), {} of {} convolution weights zeroed",
+            s.params, o.params, s.zero_params, o.zero_params, r.zeroed, r.conv_weights
+        )?;
+        writeln!(
+            out,
+            "file {} → {} bytes ({:+} bytes: the metadata entry)",
+            s.file_bytes,
+            o.file_bytes,
+            o.file_bytes as i64 - s.file_bytes as i64
+        )?;
+        writeln!(
+            out,
+            "zstd (level {}) {} → {} bytes ({:+.1} %)",
+            r.zstd_level,
+            s.zstd_bytes,
+            o.zstd_bytes,
+            pct(o.zstd_bytes as f64, s.zstd_bytes as f64)
+        )?;
+    }
+    if let Some(f) = &r.fps {
+        writeln!(
+            out,
+            "bare fps ({} rounds interleaved): before {}, after {}, after/before {}",
+            f.rounds, f.before_fps, f.after_fps, f.ratio
+        )?;
+    }
+    for s in &r.stages {
+        writeln!(out, "time: {} {:.1} s", s.stage, s.seconds)?;
+    }
+    if let Some(m) = r.peak_rss_mib {
+        writeln!(out, "peak RSS {m:.0} MiB")?;
+    }
+    if let Some(why) = &r.nothing_to_do {
+        writeln!(out, "nothing to do: {why}; no model written")?;
+    } else if let Some(o) = &r.output {
+        writeln!(out, "wrote {} (sha256 {})", o.path, o.sha256)?;
+    }
+    if let Some(p) = &r.package {
+        print_package(p, out)?;
+    }
+    Ok(())
 }

@@ -14,7 +14,8 @@ use crate::exit::{Exit, Failure, OrExit as _};
 
 #[derive(Args)]
 pub struct ModelArgs {
-    /// ONNX detection model (YOLOv5-style [1,N,5+nc] or YOLOv8-style [1,4+nc,N] output).
+    /// ONNX detection model (YOLOv5-style [1,N,5+nc] or YOLOv8-style [1,4+nc,N] output), or a .onnx.zst package
+    /// (`kestrel compress --package`; its .sha256 beside it is checked).
     #[arg(long, value_name = "PATH", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// Class names file, one per line (default: the model's own `names` metadata).

@@ -19,7 +19,7 @@ use crate::exit::{Exit, Failure, OrExit as _};
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("truth").required(true).args(["reference", "labels"])))]
 pub struct EvaluateArgs {
-    /// The ONNX detection model to evaluate.
+    /// The ONNX detection model to evaluate (or a .onnx.zst package).
     #[arg(long, value_name = "PATH")]
     pub model: PathBuf,
     /// Reference model: its detections scoring at least --truth-score are the ground truth.

@@ -28,7 +28,7 @@ pub struct RunArgs {
     /// Override source.fps_hz (0: as fast as possible).
     #[arg(long)]
     pub fps: Option<f64>,
-    /// Override model.path.
+    /// Override model.path (.onnx, or a .onnx.zst package with its .sha256 beside it).
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
     /// Override model.conf.

@@ -188,3 +188,44 @@ fn invalid_models_are_refused_with_the_shapes_named() {
         .to_string();
     assert!(m.contains("nope.onnx") && m.contains("not found"), "{m}");
 }
+
+/// A `.onnx.zst` package (zstd, its sha256 beside it) loads from memory and detects exactly as the file it
+/// was made from; a package whose bytes no longer match its checksum does not load.
+#[test]
+fn package_loads_like_its_model_and_a_changed_one_is_refused() {
+    use kestrel_infer::package;
+    let _g = common::shared_lock();
+    let d = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(common::fixture("v5_const.onnx")).unwrap();
+    let zst = d.path().join("v5_const.onnx.zst");
+    let z = package::encode(&bytes, 3).unwrap();
+    std::fs::write(&zst, &z).unwrap();
+    std::fs::write(
+        package::sidecar_path(&zst),
+        package::sidecar_text(&package::sha256_hex(&z), &zst),
+    )
+    .unwrap();
+    let load_zst = || Detector::load(common::runtime(), &zst, None, &SessionOptions::default());
+    let loaded = load_zst().unwrap();
+    assert_eq!(loaded.info.path, zst);
+    assert_eq!(loaded.info.layout, OutputLayout::Yolov5 { rows: 9, classes: 2 });
+    let mut det = ImageDetector::new(loaded, Thresholds::default()).unwrap();
+    let img = RgbImage {
+        width: 64,
+        height: 64,
+        data: vec![90; 64 * 64 * 3],
+    };
+    assert_close(
+        &det.detect_rgb(&img, &mut StageTimes::default()).unwrap(),
+        &SQUARE,
+        1e-6,
+    );
+    let mut changed = z.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(&zst, &changed).unwrap();
+    let e = load_zst().err().unwrap();
+    let m = e.to_string();
+    assert!(matches!(e, ModelError::Load { .. }), "{m}");
+    assert!(m.contains("sha256 mismatch") && m.contains("v5_const.onnx.zst"), "{m}");
+}

@@ -6,6 +6,11 @@
 //! - [`stats`]: a layer's input statistics, from which the output error of any candidate follows exactly.
 //! - [`search`]: the rank ladder and the binary search under the error bound.
 //! - [`evaluate`], [`annotate`]: detection fidelity of one model against another or against labels.
+//! - [`prune`]: structured channel pruning through the whole graph (dependency groups, L1 or data-aware
+//!   channels with the next layers refitted), alone or before Tucker.
+//! - [`zeros`]: magnitude pruning that only writes zeros (`--method zeros`), and what that does (and does not)
+//!   change: parameters, file size, zstd size, fps.
+//! - [`package`]: `--package`, the model as `.onnx.zst` with its sha256 beside it.
 
 pub mod annotate;
 pub mod capture;
@@ -13,11 +18,13 @@ pub mod compress;
 pub mod evaluate;
 pub mod graph;
 pub mod model;
+pub mod package;
 pub mod prune;
 pub mod search;
 pub mod stats;
 pub mod timing;
 pub mod tucker;
+pub mod zeros;
 
 /// The ONNX protobuf messages, generated from `proto/onnx.proto` at build time.
 pub mod onnx {

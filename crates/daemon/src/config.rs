@@ -83,7 +83,8 @@ pub struct LogConfig {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// ONNX model; relative paths are relative to the config file.
+    /// ONNX model, or a `.onnx.zst` package with its `.onnx.zst.sha256` beside it; relative paths are relative
+    /// to the config file.
     pub path: PathBuf,
     /// Class names file (default: the model's `names` metadata).
     pub labels: Option<PathBuf>,
@@ -448,6 +449,13 @@ mod tests {
         assert_eq!(c.model.conf, 0.25);
         assert_eq!(c.model.path, Path::new("/etc/kestrel/models/yolov3-tiny-416.onnx"));
         assert_eq!(c.source.kind, SourceKind::Mjpeg);
+    }
+
+    #[test]
+    fn a_model_package_is_a_model_path() {
+        // `.onnx.zst` (with its `.sha256` beside it) loads like a model file; the path is anchored the same way.
+        let c = parse("[model]\npath = \"models/light.onnx.zst\"\n").unwrap();
+        assert_eq!(c.model.path, Path::new("/etc/kestrel/models/light.onnx.zst"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use thiserror::Error;
 use kestrel_vision::tensor::{TensorData, TensorMut};
 
 use crate::ep::{EpError, EpKind, EpOptions, Selection, SkipReason, Skipped};
+use crate::package::{self, PackageError};
 use crate::runtime::Runtime;
 use kestrel_vision::labels::{self, LabelsError};
 use kestrel_vision::yolo::{self, Candidate, OutputLayout, YoloError};
@@ -50,10 +51,20 @@ pub enum ModelError {
 pub enum SessionError {
     #[error(transparent)]
     Ort(#[from] ort::Error),
+    /// A `.zst` model package that failed its checks ([`crate::package`]). Boxed: the error types that carry a
+    /// model error stay small.
+    #[error(transparent)]
+    Package(Box<PackageError>),
     #[error("the model's first input is not a tensor")]
     InputNotTensor,
     #[error("input of rank {0}, expected 4")]
     InputRank(usize),
+}
+
+impl From<PackageError> for SessionError {
+    fn from(e: PackageError) -> Self {
+        Self::Package(Box::new(e))
+    }
 }
 
 /// What a model's input or output has that Kestrel cannot use.
@@ -272,15 +283,44 @@ fn base_builder(rt: &Runtime, opts: &SessionOptions) -> ort::Result<SessionBuild
     Ok(builder)
 }
 
+/// Where a session's model comes from: a model file, or the bytes of a `.zst` package, checked and
+/// decompressed in memory ([`package::read`]).
+enum ModelBytes<'a> {
+    File(&'a Path),
+    Memory(Vec<u8>),
+}
+
+impl<'a> ModelBytes<'a> {
+    /// A path ending in `.zst` is a package; anything else is given to ONNX Runtime as a file.
+    fn open(path: &'a Path) -> Result<Self, SessionError> {
+        if package::is_package(path) {
+            Ok(Self::Memory(package::read(path)?))
+        } else {
+            Ok(Self::File(path))
+        }
+    }
+
+    fn commit(&self, mut builder: SessionBuilder) -> ort::Result<Session> {
+        match self {
+            Self::File(p) => builder.commit_from_file(p),
+            Self::Memory(bytes) => builder.commit_from_memory(bytes),
+        }
+    }
+}
+
 /// The model's input shape as the engine-cache key wants it (N, C, H, W; 0 for dynamic), read from a
-/// session without optimisation (cheap: no kernels are prepared).
+/// session without optimisation (cheap: no kernels are prepared). `path` may be a `.zst` package.
 pub fn input_shape_of(rt: &Runtime, path: &Path) -> Result<[u32; 4], SessionError> {
+    input_shape_from(rt, &ModelBytes::open(path)?)
+}
+
+fn input_shape_from(rt: &Runtime, model: &ModelBytes<'_>) -> Result<[u32; 4], SessionError> {
     let s = Session::builder(&rt.env)
         .and_then(|b| {
             b.with_optimization_level(GraphOptimizationLevel::Disable)
                 .map_err(Into::into)
         })
-        .and_then(|mut b| b.commit_from_file(path))?;
+        .and_then(|b| model.commit(b))?;
     let Some(ValueType::Tensor { shape, .. }) = s.inputs().first().map(|i| i.dtype()) else {
         return Err(SessionError::InputNotTensor);
     };
@@ -307,8 +347,10 @@ fn open_session(
     let available = crate::ep::available_providers();
     let facts = crate::ep::probe_facts(&available, &rt.library, &ep.providers);
     let needs_shape = ep.providers.contains(&EpKind::Tensorrt) && crate::ep::precheck(EpKind::Tensorrt, &facts).is_ok();
+    // A package is checked and decompressed once, here, and every try below builds from those bytes.
+    let bytes = ModelBytes::open(path).map_err(load_err)?;
     let input_shape = if needs_shape {
-        input_shape_of(rt, path).map_err(load_err)?
+        input_shape_from(rt, &bytes).map_err(load_err)?
     } else {
         [0; 4]
     };
@@ -351,7 +393,7 @@ fn open_session(
             entries.retain(|(k, _)| *k != kind);
             continue;
         }
-        match builder.commit_from_file(path) {
+        match bytes.commit(builder) {
             Ok(session) => {
                 // Nothing registered (e.g. `["cuda"]` alone, skipped): ONNX Runtime's implicit CPU provider runs
                 // it, and the skips say why.
@@ -384,7 +426,9 @@ pub fn plain_session(rt: &Runtime, path: &Path, opts: &SessionOptions) -> Result
 }
 
 impl Detector {
-    /// Load and validate a YOLO detection model. `labels_path` overrides the labels the model carries.
+    /// Load and validate a YOLO detection model: an ONNX file, or a `.zst` package (checked against the sha256
+    /// beside it and decompressed in memory, [`crate::package`]). `labels_path` overrides the labels the model
+    /// carries.
     pub fn load(
         rt: &Runtime,
         path: &Path,

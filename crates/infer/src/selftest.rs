@@ -302,9 +302,16 @@ pub fn verify_image_bytes(img: &GoldenImage, bytes: &[u8]) -> Result<(), ImageCh
 }
 
 /// Golden files for `model`, in order: `<stem>.golden.json`, then for an FP16 variant (`-fp16`, `_fp16`,
-/// `-f16`, `_f16`) its FP32 parent's.
+/// `-f16`, `_f16`) its FP32 parent's. A package `<stem>.onnx.zst` has the golden file of `<stem>.onnx`.
 pub fn default_golden_path(model: &Path) -> Vec<PathBuf> {
     let dir = model.parent().unwrap_or(Path::new(""));
+    let unpacked;
+    let model = if crate::package::is_package(model) {
+        unpacked = model.with_extension("");
+        unpacked.as_path()
+    } else {
+        model
+    };
     let stem = model
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -828,6 +835,10 @@ mod tests {
         assert_eq!(
             default_golden_path(Path::new("m/x_f16.onnx")),
             [PathBuf::from("m/x_f16.golden.json"), PathBuf::from("m/x.golden.json")]
+        );
+        assert_eq!(
+            default_golden_path(Path::new("m/x.onnx.zst")),
+            [PathBuf::from("m/x.golden.json")]
         );
         // A stem that is only the suffix has no parent.
         assert_eq!(
