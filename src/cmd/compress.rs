@@ -123,7 +123,7 @@ pub struct CompressArgs {
     pub factorisation: Option<FactorArg>,
     /// Data-aware factors: shrink the captured covariances towards the identity by this much (0: fit the
     /// calibration frames only; 1: the data-blind HOSVD directions). The default was the best of 0, 0.5 and
-    /// 0.9 on yolov3-tiny's largest layer (docs/compression.md).
+    /// 0.9 on yolov3-tiny's largest layer (README, "Making a model lighter").
     #[arg(long, default_value_t = 0.9, value_parser = closed_unit)]
     pub shrinkage: f64,
     /// HOOI refinements of the HOSVD factors.

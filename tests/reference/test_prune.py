@@ -317,3 +317,14 @@ def test_pruned_model_detects_and_reports_stages(kestrel_bin, frames, tmp_path):
     d = kestrel(kestrel_bin, "detect", "--model", tmp_path / "p.onnx", photo("person.jpg"))
     assert d.returncode == 0, d.stderr
     assert json.loads(d.stdout)["detections"], "the lightly pruned model finds nothing in person.jpg"
+
+
+@pytest.mark.parametrize("name", ["yolov5n-synthetic-384.onnx", "yolov3-tiny-416.onnx"])
+def test_ratio_zero_gives_the_original_outputs_on_real_architectures(kestrel_bin, frames, tmp_path, name):
+    src = need(ROOT / "models" / name, name)
+    r, _ = prune(kestrel_bin, src, tmp_path / "p.onnx", frames, "--uniform-ratio", 0, "--importance", "l1")
+    assert r.returncode == 0, r.stderr
+    check_pruned(src, tmp_path / "p.onnx")
+    for x in inputs_for(src, n=1):
+        for a, b in zip(run(src, x), run(tmp_path / "p.onnx", x)):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
