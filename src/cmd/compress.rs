@@ -319,28 +319,7 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
             }
         )?;
     }
-    for t in &r.tries {
-        writeln!(
-            out,
-            "try: bound {:.4}: {} layers decomposed, {} params, mAP@0.5 {:.4} {}",
-            t.max_layer_error,
-            t.decomposed_layers,
-            t.params,
-            t.map50,
-            if t.meets { "meets" } else { "short" }
-        )?;
-    }
-    for v in &r.comparisons {
-        writeln!(
-            out,
-            "compare: {}: {} params, {:.3} GMACs, mAP@0.5 {:.4}, mAP@0.5:0.95 {:.4}",
-            v.what,
-            v.params,
-            v.macs as f64 / 1e9,
-            v.map50,
-            v.map50_95
-        )?;
-    }
+    print_tries(&r.tries, &r.comparisons, "layers decomposed", out)?;
     if let Some(o) = &r.output {
         let f = r.fidelity.as_ref().map_or(f64::NAN, |f| f.map50);
         writeln!(
@@ -372,6 +351,38 @@ fn print_summary(r: &Report, out: &mut impl std::io::Write) -> std::io::Result<(
         writeln!(out, "nothing to do: {why}; no model written")?;
     } else if let Some(o) = &r.output {
         writeln!(out, "wrote {} (sha256 {})", o.path, o.sha256)?;
+    }
+    Ok(())
+}
+
+/// The whole-model tries and the comparisons, one line each.
+fn print_tries(
+    tries: &[compress::Try],
+    comparisons: &[compress::Variant],
+    changed: &str,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    for t in tries {
+        writeln!(
+            out,
+            "try: bound {:.4}: {} {changed}, {} params, mAP@0.5 {:.4} {}",
+            t.max_layer_error,
+            t.decomposed_layers,
+            t.params,
+            t.map50,
+            if t.meets { "meets" } else { "short" }
+        )?;
+    }
+    for v in comparisons {
+        writeln!(
+            out,
+            "compare: {}: {} params, {:.3} GMACs, mAP@0.5 {:.4}, mAP@0.5:0.95 {:.4}",
+            v.what,
+            v.params,
+            v.macs as f64 / 1e9,
+            v.map50,
+            v.map50_95
+        )?;
     }
     Ok(())
 }
@@ -412,27 +423,7 @@ fn print_prune_summary(r: &PruneRun, out: &mut impl std::io::Write) -> std::io::
             }
         )?;
     }
-    for t in &p.tries {
-        writeln!(
-            out,
-            "try: bound {:.4}: {} groups pruned, {} params, mAP@0.5 {:.4} {}",
-            t.max_layer_error,
-            t.decomposed_layers,
-            t.params,
-            t.map50,
-            if t.meets { "meets" } else { "short" }
-        )?;
-    }
-    for v in &p.comparisons {
-        writeln!(
-            out,
-            "compare: {}: {} params, {:.3} GMACs, mAP@0.5 {:.4}",
-            v.what,
-            v.params,
-            v.macs as f64 / 1e9,
-            v.map50
-        )?;
-    }
+    print_tries(&p.tries, &p.comparisons, "groups pruned", out)?;
     if let Some(t) = &r.tucker {
         writeln!(out, "tucker stage on the pruned model (fidelity against the original):")?;
         print_summary(t, out)?;
