@@ -251,8 +251,11 @@ impl Pruner<'_> {
                     if gone.is_empty() {
                         continue;
                     }
-                    let group = self.group(0);
-                    let (w2, shift) = select::refit(con, &gone, self.opts.damping).map_err(|e| select_err(group, e))?;
+                    let (w2, shift) =
+                        select::refit(con, &gone, self.opts.damping).map_err(|source| CompressError::Select {
+                            group: format!("the consumer {}", conv.name),
+                            source,
+                        })?;
                     let gone_set: HashSet<usize> = gone.iter().copied().collect();
                     let keep: Vec<usize> = (0..w2.ncols()).filter(|j| !gone_set.contains(j)).collect();
                     let mut w = Vec::with_capacity(w2.nrows() * keep.len());
@@ -295,7 +298,7 @@ impl Pruner<'_> {
         removed
     }
 
-    /// Parameters and convolution MACs with `removed` classes gone (computed from the kept counts).
+    /// Parameters and convolution MACs of `m` (its convolutions at the captured input sizes).
     fn size_of(&self, m: &OnnxModel) -> (usize, u64) {
         let g = m.proto.graph.as_ref();
         let params = g.map(graph::parameter_count).unwrap_or(0);
