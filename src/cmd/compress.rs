@@ -540,37 +540,33 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
             let _ = writeln!(std::io::stderr());
         }
         let report = result.or_exit(Exit::Failed)?;
-        let packaged = match (a.package, &report.output, &report.nothing_to_do) {
-            (true, Some(_), None) => Some(package_written(&a.out)?),
-            _ => None,
-        };
-        if let Some(p) = &a.report {
-            let mut value = serde_json::to_value(&report)
-                .context("serialising the report")
-                .or_exit(Exit::Failed)?;
-            if let (Some(obj), Some(pk)) = (value.as_object_mut(), &packaged) {
-                obj.insert("package".into(), serde_json::json!(pk));
-            }
-            write_report(p, &value)?;
-        }
-        let mut out = std::io::stdout().lock();
-        print_prune_summary(&report, &mut out)
-            .and_then(|()| packaged.as_ref().map_or(Ok(()), |pk| print_package(pk, &mut out)))
-            .context("writing the summary")
-            .or_exit(Exit::Failed)?;
-        return Ok(Exit::Success);
+        let written = report.output.is_some() && report.nothing_to_do.is_none();
+        return finish(a, &report, written, print_prune_summary);
     }
     let result = compress::compress(rt, &job, &opts, &mut progress);
     if std::io::stderr().is_terminal() {
         let _ = writeln!(std::io::stderr());
     }
     let report = result.or_exit(Exit::Failed)?;
-    let packaged = match (a.package, &report.output, &report.nothing_to_do) {
-        (true, Some(_), None) => Some(package_written(&a.out)?),
-        _ => None,
+    let written = report.output.is_some() && report.nothing_to_do.is_none();
+    finish(a, &report, written, print_summary)
+}
+
+/// After a run that wrote a model (`written`): the package (`--package`), the report (`--report`, with the
+/// package in it) and the summary on stdout.
+fn finish<R: serde::Serialize>(
+    a: &CompressArgs,
+    report: &R,
+    written: bool,
+    summary: fn(&R, &mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<Exit, Failure> {
+    let packaged = if a.package && written {
+        Some(package_written(&a.out)?)
+    } else {
+        None
     };
     if let Some(p) = &a.report {
-        let mut value = serde_json::to_value(&report)
+        let mut value = serde_json::to_value(report)
             .context("serialising the report")
             .or_exit(Exit::Failed)?;
         if let (Some(obj), Some(pk)) = (value.as_object_mut(), &packaged) {
@@ -579,7 +575,7 @@ pub fn run(ort: Option<&Path>, a: &CompressArgs) -> Result<Exit, Failure> {
         write_report(p, &value)?;
     }
     let mut out = std::io::stdout().lock();
-    print_summary(&report, &mut out)
+    summary(report, &mut out)
         .and_then(|()| packaged.as_ref().map_or(Ok(()), |pk| print_package(pk, &mut out)))
         .context("writing the summary")
         .or_exit(Exit::Failed)?;

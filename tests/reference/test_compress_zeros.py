@@ -19,27 +19,13 @@ import numpy as np
 import onnx
 import pytest
 import zstandard
-from onnx import numpy_helper
 
-from conftest import ROOT, need, photo
+from conftest import PHOTOS, ROOT, need, photo
+from test_compress import inits_of, kestrel, sha256
 
 MODEL = "models/yolov3-tiny-416.onnx"
 RATIO = 0.5
 METADATA_KEY = "kestrel_compress"
-PHOTOS = ["person.jpg", "dog.jpg", "horses.jpg", "eagle.jpg", "giraffe.jpg"]
-
-
-def sha256(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
-
-
-def kestrel(kestrel_bin, *args, timeout=600):
-    return subprocess.run([str(kestrel_bin), "--log", "warn", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def inits_of(model):
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
 def float_params(model):
