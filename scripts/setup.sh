@@ -19,6 +19,9 @@ command -v cmake >/dev/null || need+=(cmake)            # builds the vendored li
 [ "$(uname -m)" != x86_64 ] || command -v nasm >/dev/null || need+=(nasm)  # its x86 SIMD
 # the v4l crate generates its V4L2 bindings with bindgen, which needs libclang
 ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+# the unit's seccomp restrictions, emulated for the Zenoh drop-in's test (tests/reference/unit_sandbox.py)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import seccomp' 2>/dev/null || need+=(python3-seccomp)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -q >&2

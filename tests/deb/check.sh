@@ -25,7 +25,8 @@ for deb in "${debs[@]}"; do
   for f in ./usr/bin/kestrel ./usr/lib/systemd/system/kestrel.service ./etc/kestrel/kestrel.toml \
            ./usr/lib/kestrel/libonnxruntime.so.1.31.1 ./usr/share/kestrel/models/yolov3-tiny-416.onnx \
            ./usr/share/kestrel/models/yolov3-tiny-416.golden.json ./usr/share/kestrel/models/golden/dog.jpg \
-           ./usr/share/kestrel/systemd/mavlink-udp.conf ./usr/share/doc/kestrel/copyright \
+           ./usr/share/kestrel/systemd/mavlink-udp.conf ./usr/share/kestrel/systemd/zenoh.conf \
+           ./usr/share/doc/kestrel/copyright ./usr/share/doc/kestrel/examples/clients/zenoh_ground_station.py \
            ./usr/share/doc/kestrel/deploy-jetson.md ./usr/share/doc/kestrel/ThirdPartyNotices-onnxruntime.txt; do
     echo "$contents" | awk '{print $6}' | grep -qx "$f" || fail "$deb lacks $f"
   done
@@ -86,6 +87,18 @@ score=$(echo "$sec" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).
 [ -n "$score" ] || fail "no exposure score in: $sec"
 echo "   exposure $score (limit $MAX_EXPOSURE)" >&2
 awk -v s="$score" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }' || fail "exposure $score > $MAX_EXPOSURE"
+# With the Zenoh drop-in (network for that output only): still clean, and its exposure stays within the limit.
+step "the unit with the Zenoh drop-in: verify and security"
+zd=$(mktemp -d) && mkdir "$zd/kestrel.service.d" && cp "$unit" "$zd/" &&
+  cp /usr/share/kestrel/systemd/zenoh.conf "$zd/kestrel.service.d/" || fail "cannot stage the drop-in"
+verify=$(systemd-analyze verify "$zd/kestrel.service" 2>&1) || fail "verify with zenoh.conf: $verify"
+[ -z "$verify" ] || fail "verify with zenoh.conf is not clean: $verify"
+zsec=$(systemd-analyze security --offline=true "$zd/kestrel.service" 2>&1 | tr -d '\r')
+zscore=$(echo "$zsec" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+[ -n "$zscore" ] || fail "no exposure score with zenoh.conf in: $zsec"
+echo "   exposure with zenoh.conf $zscore (without: $score; limit $MAX_EXPOSURE)" >&2
+awk -v s="$zscore" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }' || fail "exposure with zenoh.conf $zscore > $MAX_EXPOSURE"
+rm -rf "$zd"
 
 step "apt-get purge kestrel"
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q kestrel >&2

@@ -35,6 +35,7 @@ fn hello(format: Format) -> Hello {
         intrinsics: true,
         format,
         status_interval_ms: 1000,
+        zenoh_key: None,
     }
 }
 

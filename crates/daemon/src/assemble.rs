@@ -51,6 +51,8 @@ pub enum StartError {
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
+    Zenoh(#[from] crate::zenoh_out::ZenohError),
+    #[error(transparent)]
     Pipeline(#[from] PipelineError),
 }
 
@@ -204,35 +206,28 @@ pub fn start(
         );
         sink = Box::new(TeeSink(vec![sink, Box::new(m)]));
     }
+    let hello = hello(cfg, info, src.name(), &detector.selection);
     let publisher = if cfg.publish.enabled {
-        let hello = Hello {
-            protocol: kestrel_protocol::VERSION,
-            kestrel: env!("CARGO_PKG_VERSION").into(),
-            model: ModelHello {
-                path: info.path.display().to_string(),
-                input_width: info.input_width,
-                input_height: info.input_height,
-                precision: format!("{:?}", info.input_precision).to_lowercase(),
-                layout: match info.layout {
-                    kestrel_vision::yolo::OutputLayout::Yolov5 { .. } => "yolov5".into(),
-                    kestrel_vision::yolo::OutputLayout::Yolov8 { .. } => "yolov8".into(),
-                },
-            },
-            labels: info.labels.clone(),
-            camera: src.name().to_string(),
-            execution_provider: detector.selection.active.name().into(),
-            execution_provider_fallback: detector.selection.fallback_note(),
-            execution_precision: Some(detector.selection.precision.clone()),
-            intrinsics: cfg.intrinsics.is_some(),
-            format: cfg.publish.format,
-            status_interval_ms: cfg.publish.status_interval_ms,
-        };
-        let (publisher, socket_sink) = crate::publish::start(&cfg.publish, hello, metrics.clone())?;
+        let (publisher, socket_sink) = crate::publish::start(&cfg.publish, hello.clone(), metrics.clone())?;
         sink = Box::new(TeeSink(vec![sink, Box::new(socket_sink)]));
         Some(publisher)
     } else {
         None
     };
+    if cfg.zenoh.enabled {
+        progress("opening the Zenoh session");
+        let status = crate::zenoh_out::StatusSource {
+            tracker: crate::status::StatusTracker::new(
+                metrics.clone(),
+                cfg.publish.stall_ms,
+                hello.execution_provider.clone(),
+                hello.execution_provider_fallback.clone(),
+            ),
+            socket: publisher.as_ref().map(|p| p.stats.clone()),
+        };
+        let z = crate::zenoh_out::ZenohSink::new(&cfg.zenoh, hello, status)?;
+        sink = Box::new(TeeSink(vec![sink, Box::new(z)]));
+    }
     let pipeline = Pipeline::start_with_metrics(
         src,
         Box::new(detector),
@@ -253,6 +248,38 @@ pub fn start(
         reload,
         source_name,
     })
+}
+
+/// The `hello` every output sends first (each sets its own `format` and status interval).
+fn hello(
+    cfg: &Config,
+    info: &kestrel_infer::model::ModelInfo,
+    camera: &str,
+    selection: &kestrel_infer::ep::Selection,
+) -> Hello {
+    Hello {
+        protocol: kestrel_protocol::VERSION,
+        kestrel: env!("CARGO_PKG_VERSION").into(),
+        model: ModelHello {
+            path: info.path.display().to_string(),
+            input_width: info.input_width,
+            input_height: info.input_height,
+            precision: format!("{:?}", info.input_precision).to_lowercase(),
+            layout: match info.layout {
+                kestrel_vision::yolo::OutputLayout::Yolov5 { .. } => "yolov5".into(),
+                kestrel_vision::yolo::OutputLayout::Yolov8 { .. } => "yolov8".into(),
+            },
+        },
+        labels: info.labels.clone(),
+        camera: camera.to_string(),
+        execution_provider: selection.active.name().into(),
+        execution_provider_fallback: selection.fallback_note(),
+        execution_precision: Some(selection.precision.clone()),
+        intrinsics: cfg.intrinsics.is_some(),
+        format: cfg.publish.format,
+        status_interval_ms: cfg.publish.status_interval_ms,
+        zenoh_key: None,
+    }
 }
 
 fn source_label(cfg: &Config) -> String {
@@ -357,6 +384,7 @@ fn restart_only_changes(a: &Config, b: &Config) -> Vec<&'static str> {
     check("[intrinsics]", a.intrinsics == b.intrinsics);
     check("[publish]", a.publish == b.publish);
     check("[mavlink]", a.mavlink == b.mavlink);
+    check("[zenoh]", a.zenoh == b.zenoh);
     check("[service]", a.service == b.service);
     check("[log]", a.log == b.log);
     check("[selftest]", a.selftest == b.selftest);

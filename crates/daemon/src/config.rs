@@ -44,6 +44,8 @@ pub struct Config {
     pub publish: crate::publish::PublishConfig,
     /// MAVLink LANDING_TARGET output (off by default).
     pub mavlink: crate::mavlink::MavlinkConfig,
+    /// Zenoh output to a ground station or a fleet (off by default).
+    pub zenoh: crate::zenoh_out::ZenohConfig,
     /// Running under systemd: readiness, watchdog.
     pub service: ServiceConfig,
     /// Logging.
@@ -404,6 +406,7 @@ impl Config {
         within("pipeline.poll_ms", self.pipeline.poll_ms, 1..=1000)?;
         self.publish.validate()?;
         self.mavlink.validate()?;
+        self.zenoh.validate()?;
         if self.mavlink.enabled && self.intrinsics.is_none() {
             return Err((
                 "mavlink.enabled",

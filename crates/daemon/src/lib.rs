@@ -1,7 +1,7 @@
 //! Kestrel's daemon, the top library layer: [`config`] aggregates every section and validates it,
 //! [`assemble`] builds a running pipeline from it, [`pipeline`] runs the stages (capture, prepare, infer,
 //! publish: one named thread each, bounded channels between them), [`metrics`] times them, [`sink`],
-//! [`publish`] (the Unix socket) and [`mavlink`] are the outputs, [`service`] speaks systemd's notify
+//! [`publish`] (the Unix socket), [`mavlink`] and [`zenoh_out`] are the outputs (each `status` from [`status`]), [`service`] speaks systemd's notify
 //! protocol and feeds the watchdog, [`startup`] runs the precision self-test, and [`supervisor`] owns
 //! signals, reloads and the stop order.
 
@@ -14,4 +14,6 @@ pub mod publish;
 pub mod service;
 pub mod sink;
 pub mod startup;
+pub mod status;
 pub mod supervisor;
+pub mod zenoh_out;

@@ -8,7 +8,7 @@
 //! switches that subscriber's format), at most 64 KiB per client per loop, lines capped at 4 KiB. A `status`
 //! heartbeat goes out every `status_interval_ms` whatever the pipeline does.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -23,13 +23,12 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::metrics::{Metrics, Stage};
+use crate::metrics::Metrics;
 use crate::sink::{Sink, SinkError};
+use crate::status::StatusTracker;
 use kestrel_core::check::{within, Invalid};
-use kestrel_core::clock::monotonic_ns;
 use kestrel_core::published::Published;
-use kestrel_core::status::SourceState;
-use kestrel_protocol::{self as protocol, Format, Health, Hello, LatencyMs, Status};
+use kestrel_protocol::{self as protocol, Format, Hello, Status};
 
 /// `[publish]` in the config.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -301,6 +300,12 @@ pub fn start(
     let (tx, rx) = bounded::<Outgoing>(8);
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(PublishStats::default());
+    let tracker = StatusTracker::new(
+        metrics,
+        cfg.stall_ms,
+        hello.execution_provider.clone(),
+        hello.execution_provider_fallback.clone(),
+    );
     let mut server = Server {
         cfg: cfg.clone(),
         listener,
@@ -309,10 +314,8 @@ pub fn start(
         subs: Vec::new(),
         hello,
         stats: stats.clone(),
-        metrics: metrics.clone(),
         next_status: Instant::now(),
-        last_rates: (Instant::now(), metrics.captured_total(), metrics.published_total()),
-        last_counters: BTreeMap::new(),
+        tracker,
         next_id: 0,
     };
     let thread = {
@@ -491,10 +494,8 @@ struct Server {
     subs: Vec<Subscriber>,
     hello: Hello,
     stats: Arc<PublishStats>,
-    metrics: Arc<Metrics>,
     next_status: Instant,
-    last_rates: (Instant, u64, u64),
-    last_counters: BTreeMap<String, u64>,
+    tracker: StatusTracker,
     next_id: u64,
 }
 
@@ -663,73 +664,7 @@ impl Server {
     }
 
     fn status(&mut self) -> Status {
-        let m = &self.metrics;
-        let now = Instant::now();
-        let (captured, published) = (m.captured_total(), m.published_total());
-        let dt = now.duration_since(self.last_rates.0).as_secs_f64().max(1e-3);
-        let fps_in = (captured - self.last_rates.1.min(captured)) as f64 / dt;
-        let fps_out = (published - self.last_rates.2.min(published)) as f64 / dt;
-        self.last_rates = (now, captured, published);
-        let mut drops: BTreeMap<String, u64> = m.drop_totals().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        let camera = m.source();
-        if let Some(c) = &camera {
-            drops.insert("driver".into(), c.driver_drops);
-            drops.insert("capture_late".into(), c.capture_late_drops);
-            drops.insert("corrupt".into(), c.corrupt_frames);
-            drops.insert("dequeue_timeouts".into(), c.dequeue_timeouts);
-            drops.insert("restarts".into(), c.restarts);
-        }
-        drops.insert("subscriber_missed".into(), self.stats.messages_missed.load(Relaxed));
-        drops.insert("publisher_behind".into(), self.stats.frames_dropped.load(Relaxed));
-        // What grew since the last status.
-        let grew: Vec<String> = ["bad_frame", "driver", "corrupt", "dequeue_timeouts", "restarts"]
-            .iter()
-            .filter_map(|k| {
-                let (now, before) = (drops.get(*k).copied().unwrap_or(0), self.last_counters.get(*k).copied());
-                (before.is_some_and(|b| now > b)).then(|| format!("{k} +{}", now - before.unwrap_or(0)))
-            })
-            .collect();
-        self.last_counters = drops.clone();
-        let last_pub = m.last_publish_ns.load(Relaxed);
-        let age = (last_pub > 0).then(|| monotonic_ns().saturating_sub(last_pub) as f64 * 1e-9);
-        let stalled_for = age.unwrap_or(m.uptime().as_secs_f64());
-        let (health, reason) = match camera.as_ref().map(|c| (c.state, c.state_s)) {
-            Some((SourceState::CameraLost, s)) => {
-                (Health::CameraLost, format!("camera lost {s:.1} s ago; reconnecting"))
-            }
-            Some((SourceState::Starting, s)) => (Health::CameraLost, format!("waiting for the camera for {s:.1} s")),
-            _ if stalled_for * 1e3 >= self.cfg.stall_ms as f64 => (
-                Health::Stalled,
-                if captured == 0 {
-                    format!("no frame captured in {stalled_for:.1} s")
-                } else {
-                    format!("no frame published for {stalled_for:.1} s ({fps_in:.1} fps captured)")
-                },
-            ),
-            _ if !grew.is_empty() => (Health::Degraded, grew.join(", ")),
-            _ => (Health::Ok, String::new()),
-        };
-        let lat = m.peek(Stage::CaptureToPublish);
-        Status {
-            time_ns: monotonic_ns(),
-            health,
-            reason,
-            uptime_s: m.uptime().as_secs_f64(),
-            fps_in,
-            fps_out,
-            frames_captured: captured,
-            frames_published: published,
-            drops,
-            latency_ms: LatencyMs {
-                p50: lat.p50_ms,
-                p99: lat.p99_ms,
-            },
-            last_publish_age_s: age,
-            camera,
-            execution_provider: self.hello.execution_provider.clone(),
-            execution_provider_fallback: self.hello.execution_provider_fallback.clone(),
-            subscribers: self.subs.len(),
-        }
+        self.tracker.next(Some(&self.stats), self.subs.len())
     }
 }
 

@@ -148,6 +148,10 @@ pub struct Hello {
     pub format: Format,
     /// Interval of `status` messages.
     pub status_interval_ms: u64,
+    /// Over Zenoh: the key prefix this daemon publishes under (`<zenoh_key>/detections`, …); absent on the
+    /// socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zenoh_key: Option<String>,
 }
 
 /// Overall health in `status`.
@@ -196,6 +200,44 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_provider_fallback: Option<String>,
     pub subscribers: usize,
+    /// Over Zenoh: the state of the Zenoh output (absent on the socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zenoh: Option<ZenohStatus>,
+}
+
+/// The Zenoh output's state, in the `status` it publishes (docs/protocol.md, "Over Zenoh").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ZenohStatus {
+    /// The key prefix: messages go to `<key_prefix>/detections`, `/status`, `/hello`.
+    pub key_prefix: String,
+    /// `"peer"` or `"client"`.
+    pub mode: String,
+    /// Zenoh peers and routers this daemon has a session with now.
+    pub sessions: usize,
+    /// Whether some subscriber matches `<key_prefix>/detections` now.
+    pub matching: bool,
+    /// Detections messages put while a subscriber matched.
+    pub sent: u64,
+    /// Detections messages made while no subscriber matched (link down, or nobody listening): sent to no one.
+    pub unmatched: u64,
+    /// Detections messages dropped by the output's own latest-wins queue (its thread was behind).
+    pub behind: u64,
+    /// Puts that Zenoh refused.
+    pub put_errors: u64,
+    /// Times the last matching subscriber went away (link lost, station gone).
+    pub outages: u64,
+    /// How long no subscriber has matched, ms; null while one does.
+    pub down_ms: Option<u64>,
+    /// The last outage that ended: how long it lasted and how many detections messages it missed.
+    pub last_outage: Option<Outage>,
+}
+
+/// A finished Zenoh outage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    pub ms: u64,
+    /// Detections messages made during it (none of them is sent later).
+    pub missed: u64,
 }
 
 /// Everything a client can receive.
