@@ -109,8 +109,8 @@ pub struct ZenohConfig {
     pub mode: String,
     /// Zenoh endpoints to connect to, e.g. `"tcp/192.168.1.10:7447"` (tried again every `reconnect_ms`).
     pub connect: Vec<String>,
-    /// Endpoints to listen on, e.g. `"tcp/0.0.0.0:7447"`. Empty: Zenoh's default (a peer listens on a random
-    /// TCP port on every interface; a client listens nowhere).
+    /// Endpoints to listen on, e.g. `"tcp/0.0.0.0:7447"`. Empty (the default): none; the daemon only
+    /// connects out (Zenoh's own default would listen on a random port on every interface).
     pub listen: Vec<String>,
     /// Messages go to `<key_prefix>/detections`, `/status`, `/hello`; empty: `kestrel/<hostname>`. No
     /// wildcards.
@@ -294,9 +294,9 @@ impl ZenohConfig {
         };
         set("mode", self.mode.clone().into())?;
         set("connect/endpoints", self.connect.clone().into())?;
-        if !self.listen.is_empty() {
-            set("listen/endpoints", self.listen.clone().into())?;
-        }
+        // Always ours, also when empty: Zenoh's own default would have a peer listen on a random port on every
+        // interface.
+        set("listen/endpoints", self.listen.clone().into())?;
         // Never give up on an endpoint, and retry at a steady pace (Zenoh's default backs off to 4 s).
         set("connect/exit_on_failure", false.into())?;
         if self.mode == "client" {
