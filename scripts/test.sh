@@ -36,6 +36,9 @@ part() {
 part "set-up (packages, ONNX Runtime, models, fixtures, release build)" scripts/setup.sh
 part "cargo fmt --check" cargo fmt --all -- --check
 part "cargo clippy --all-targets -D warnings" cargo clippy --release --locked --all-targets -- -D warnings
+# The build without the Zenoh output (cargo feature `zenoh`, on by default) still compiles, lint-clean.
+part "cargo clippy --no-default-features (no Zenoh)" \
+  cargo clippy --release --locked --all-targets --no-default-features -- -D warnings
 part "kestrel bench (small; reports numbers, never fails on speed)" \
   target/release/kestrel --log warn bench --reps 2 --n 10 --ep cpu --precision fp32,fp16 --json target/bench-ci.json
 bash -n scripts/gpu-check.sh   # the GPU check cannot run here (no GPU); at least it parses

@@ -10,6 +10,7 @@ pub mod evaluate;
 pub mod golden;
 pub mod run;
 pub mod subscribe;
+#[cfg(feature = "zenoh")]
 pub mod subscribe_zenoh;
 
 use std::path::{Path, PathBuf};

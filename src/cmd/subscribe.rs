@@ -131,7 +131,13 @@ pub fn run(a: &SubscribeArgs) -> Result<Exit, Failure> {
         let _ = signal_hook::flag::register(sig, stop.clone());
     }
     if a.zenoh {
+        #[cfg(feature = "zenoh")]
         return super::subscribe_zenoh::run(a, &stop);
+        #[cfg(not(feature = "zenoh"))]
+        return Err(Failure::new(
+            Exit::Usage,
+            anyhow::anyhow!("--zenoh: this kestrel was built without Zenoh (cargo feature `zenoh`)"),
+        ));
     }
     let mut sub = Subscriber::connect(&a.socket, format).map_err(|e| Failure::new(Exit::Setup, e))?;
     let mut out = std::io::stdout().lock();

@@ -50,6 +50,7 @@ pub enum StartError {
     Mavlink(#[from] MavlinkError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[cfg(feature = "zenoh")]
     #[error(transparent)]
     Zenoh(#[from] crate::zenoh_out::ZenohError),
     #[error(transparent)]
@@ -214,6 +215,7 @@ pub fn start(
     } else {
         None
     };
+    #[cfg(feature = "zenoh")]
     if cfg.zenoh.enabled {
         progress("opening the Zenoh session");
         let status = crate::zenoh_out::StatusSource {

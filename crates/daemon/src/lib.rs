@@ -16,4 +16,8 @@ pub mod sink;
 pub mod startup;
 pub mod status;
 pub mod supervisor;
+#[cfg(feature = "zenoh")]
+pub mod zenoh_out;
+#[cfg(not(feature = "zenoh"))]
+#[path = "zenoh_off.rs"]
 pub mod zenoh_out;
