@@ -16,16 +16,10 @@ import sys
 import threading
 import time
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 HEARTBEAT, LANDING_TARGET = 0, 149
 HEARTBEAT_HZ = 1.0  # [mavlink] heartbeat_hz, the default
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def msg_id(datagram):
@@ -79,7 +73,7 @@ class Inbox:
 
 def decode(datagrams):
     """Hand the datagrams, in order, to mavlink_listen.py; returns its messages and its summary."""
-    port = free_port()
+    port = free_port(kind=socket.SOCK_DGRAM)
     # It listens for 3 s after READY; the datagrams are sent at once and take it milliseconds to decode.
     listener = subprocess.Popen(
         [sys.executable, str(ROOT / "tests/reference/mavlink_listen.py"), "--port", str(port), "--seconds", "3"],

@@ -34,11 +34,11 @@ import time
 import pytest
 import zenoh
 
-from conftest import ROOT, need
+from conftest import CONST_MODEL, ROOT, free_port, need, synthetic_daemon_config
 
 CLIENT = ROOT / "examples/clients/kestrel_client.py"
 GROUND_STATION = ROOT / "examples/clients/zenoh_ground_station.py"
-MODEL = ROOT / "tests/fixtures/generated/v5_const.onnx"  # constant output: the same detections every frame
+MODEL = CONST_MODEL
 FPS = 30.0  # [source] fps_hz
 STATUS_MS = 1000  # [zenoh] status_interval_ms
 RECONNECT_MS = 500  # [zenoh] reconnect_ms
@@ -67,12 +67,6 @@ def now_ns():
 
 def as_rec(sample):
     return Rec(now_ns(), str(sample.key_expr), sample.kind, str(sample.encoding), sample.payload.to_bytes())
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def endpoint(port):
@@ -161,27 +155,8 @@ class Station:
 
 
 def daemon_config(out, zenoh_section):
-    return f"""
-[model]
-path = "{MODEL}"
-[runtime]
-intra_threads = 1
-[metrics]
-log_interval_ms = 0
-[source]
-kind = "synthetic"
-format = "rgb"
-width = 320
-height = 240
-fps_hz = {FPS}
-[output]
-kind = "file"
-path = "{out}"
-[publish]
-enabled = false
-[zenoh]
-{zenoh_section}
-"""
+    """The daemons' config here: as the other tests', with the self-test at its default (on)."""
+    return synthetic_daemon_config(f'kind = "file"\npath = "{out}"', zenoh_section, fps_hz=FPS, selftest=True)
 
 
 class Daemon:

@@ -7,66 +7,26 @@
 - `messages = ["status"]` publishes status and answers the status query, and puts no detections or hello."""
 import json
 import os
-import socket
 import subprocess
 import time
 
 import zenoh
 
-from conftest import ROOT
+from conftest import free_port, synthetic_daemon_config, terminate
 
 HANG_S = 120  # deadline of every wait on a condition: a hang guard, not a speed bound
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_config(tmp_path, zenoh_section):
     cfg = tmp_path / "k.toml"
-    cfg.write_text(f"""
-[model]
-path = "{ROOT}/tests/fixtures/generated/v5_const.onnx"
-[runtime]
-intra_threads = 1
-[metrics]
-log_interval_ms = 0
-[selftest]
-enabled = false
-[source]
-kind = "synthetic"
-format = "rgb"
-width = 320
-height = 240
-fps_hz = 30.0
-[output]
-kind = "file"
-path = "{tmp_path}/out.jsonl"
-[publish]
-enabled = false
-[zenoh]
-enabled = true
-multicast_scouting = false
-{zenoh_section}
-""")
+    cfg.write_text(synthetic_daemon_config(f'kind = "file"\npath = "{tmp_path}/out.jsonl"',
+                                           f"enabled = true\nmulticast_scouting = false\n{zenoh_section}"))
     return cfg
 
 
 def start(kestrel_bin, cfg):
     return subprocess.Popen([str(kestrel_bin), "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ, RUST_LOG="warn"))
-
-
-def stop(d):
-    d.terminate()
-    try:
-        _, err = d.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        d.kill()
-        _, err = d.communicate()
-    return d.returncode, err
 
 
 def wait_for(what, cond, d):
@@ -113,7 +73,7 @@ def test_a_client_starts_without_its_router_and_publishes_once_it_appears(tmp_pa
             hellos = [json.loads(r.ok.payload.to_bytes()) for r in router.get(f"{prefix}/hello", timeout=10)
                       if r.ok is not None]
             sub.undeclare()
-        rc, err = stop(d)
+        rc, err = terminate(d)
     finally:
         if d.poll() is None:
             d.kill()
@@ -145,7 +105,7 @@ def test_messages_selects_what_is_published(tmp_path, kestrel_bin):
             status_replies = [r.ok for r in station.get(f"{prefix}/status", timeout=10)]
             hello_replies = [r for r in station.get(f"{prefix}/hello", timeout=2)]
             sub.undeclare()
-        rc, err = stop(d)
+        rc, err = terminate(d)
     finally:
         if d.poll() is None:
             d.kill()

@@ -12,51 +12,22 @@ import os
 import pathlib
 import socket
 import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port, synthetic_daemon_config, terminate
 
 SANDBOX = ROOT / "tests/reference/unit_sandbox.py"
 DROP_IN = ROOT / "systemd/zenoh.conf"
 NO_INTERFACE = "Unable to find active, non-loopback multicast interface"
 
 
-def free_port(family=socket.AF_INET, host="127.0.0.1"):
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def config(tmp_path, listen, scouting=False, name="k.toml"):
     cfg = tmp_path / name
-    cfg.write_text(f"""
-[model]
-path = "{ROOT}/tests/fixtures/generated/v5_const.onnx"
-[runtime]
-intra_threads = 1
-[metrics]
-log_interval_ms = 0
-[selftest]
-enabled = false
-[source]
-kind = "synthetic"
-format = "rgb"
-width = 320
-height = 240
-fps_hz = 30.0
-[output]
-kind = "none"
-[publish]
-enabled = false
-[zenoh]
-enabled = true
+    cfg.write_text(synthetic_daemon_config('kind = "none"', f"""enabled = true
 listen = ["{listen}"]
 key_prefix = "kestrel/unit-{os.getpid()}"
-multicast_scouting = {"true" if scouting else "false"}
-""")
+multicast_scouting = {"true" if scouting else "false"}"""))
     return cfg
 
 
@@ -72,13 +43,7 @@ def sandboxed(kestrel_bin, cfg, drop_in=True, families=None):
 
 
 def stop(d):
-    d.terminate()
-    try:
-        _, err = d.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        d.kill()
-        _, err = d.communicate()
-    return err
+    return terminate(d)[1]
 
 
 def receive(kestrel_bin, endpoint, n=3):
